@@ -1,0 +1,142 @@
+"""Writing rollout videos: MP4 through imageio-ffmpeg, GIF through imageio, never half-written."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+
+VIDEO_SUFFIXES = (".mp4", ".gif")
+
+
+def upscale(image: np.ndarray, factor: int) -> np.ndarray:
+    """Nearest-neighbour upscaling of an ``(H, W, 3)`` image by an integer ``factor``."""
+    if factor < 1:
+        raise ValueError(f"upscale factor must be a positive integer; got {factor}")
+    return image.repeat(factor, axis=0).repeat(factor, axis=1)
+
+
+def write_video(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: float = 20.0) -> Path:
+    """Write ``(H, W, 3)`` uint8 frames to an MP4 or GIF file.
+
+    The file is written under a temporary name and renamed when complete, so a failed or
+    interrupted write never leaves a truncated file under ``path``.
+
+    Args:
+        path: output file ending in ``.mp4`` or ``.gif``.
+        frames: frames of one size. MP4 needs even height and width (H.264 with yuv420p; odd sizes
+            otherwise come out as empty files).
+        fps: frames per second.
+
+    Returns:
+        The path written.
+
+    Raises:
+        ValueError: for an unknown suffix, no frames, frames of different or odd sizes (MP4), or
+            frames that are not uint8 RGB.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in VIDEO_SUFFIXES:
+        raise ValueError(f"video file must end in one of {VIDEO_SUFFIXES}; got {path.name!r}")
+    if not fps > 0:
+        raise ValueError(f"fps must be positive; got {fps}")
+    stack = [np.asarray(frame) for frame in frames]
+    if not stack:
+        raise ValueError("no frames to write")
+    shape = stack[0].shape
+    for frame in stack:
+        if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+            raise ValueError(f"frames must be (H, W, 3) uint8; got {frame.shape} {frame.dtype}")
+        if frame.shape != shape:
+            raise ValueError(f"all frames must have one size; got {shape} and {frame.shape}")
+    if suffix == ".mp4" and (shape[0] % 2 or shape[1] % 2):
+        raise ValueError(
+            f"MP4 (H.264, yuv420p) needs even frame sizes; got height {shape[0]} and width "
+            f"{shape[1]}. Pad or resize the frames, or write a .gif"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.stem}.partial{suffix}")
+    try:
+        if suffix == ".mp4":
+            # macro_block_size=1: imageio-ffmpeg would otherwise resize to multiples of 16.
+            iio.imwrite(
+                partial,
+                np.stack(stack),
+                plugin="FFMPEG",
+                fps=fps,
+                codec="libx264",
+                pixelformat="yuv420p",
+                macro_block_size=1,
+            )
+        else:
+            iio.imwrite(partial, np.stack(stack), extension=".gif", duration=1000.0 / fps, loop=0)
+        if partial.stat().st_size == 0:
+            raise OSError(f"the video writer produced an empty file for {path}")
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+    return path
+
+
+# A fixed colour per keypoint index, across views and time (Tableau 10, then repeated).
+PALETTE = np.array(
+    [
+        (31, 119, 180),
+        (255, 127, 14),
+        (44, 160, 44),
+        (214, 39, 40),
+        (148, 103, 189),
+        (140, 86, 75),
+        (227, 119, 194),
+        (127, 127, 127),
+        (188, 189, 34),
+        (23, 190, 207),
+    ],
+    dtype=np.uint8,
+)
+
+
+def keypoint_colors(count: int) -> np.ndarray:
+    """``(count, 3)`` uint8 colours, one fixed colour per keypoint index."""
+    return PALETTE[np.arange(count) % len(PALETTE)]
+
+
+def draw_points(
+    image: np.ndarray,
+    pixels: np.ndarray,
+    colors: np.ndarray,
+    radius: int = 2,
+    filled: np.ndarray | None = None,
+) -> np.ndarray:
+    """Draw square markers in place.
+
+    Args:
+        image: ``(H, W, 3)`` uint8 image, modified in place.
+        pixels: ``(N, 2)`` marker centres in the pixel convention of :mod:`kp3d.geometry`
+            (``(u, v)``; the pixel containing a point is ``(floor(v), floor(u))``).
+        colors: ``(N, 3)`` uint8 colours.
+        radius: half side of each square, in pixels.
+        filled: ``(N,)`` bool; unfilled markers are drawn as outlines (e.g. occluded keypoints).
+
+    Returns:
+        ``image``.
+    """
+    height, width = image.shape[:2]
+    for n, (u, v) in enumerate(np.asarray(pixels, dtype=np.float64)):
+        if not (np.isfinite(u) and np.isfinite(v)):
+            continue
+        col, row = int(np.floor(u)), int(np.floor(v))
+        top, bottom = max(row - radius, 0), min(row + radius + 1, height)
+        left, right = max(col - radius, 0), min(col + radius + 1, width)
+        if top >= bottom or left >= right:
+            continue
+        if filled is None or filled[n]:
+            image[top:bottom, left:right] = colors[n]
+        else:
+            image[top:bottom, [left, right - 1]] = colors[n]
+            image[[top, bottom - 1], left:right] = colors[n]
+    return image

@@ -1,0 +1,230 @@
+"""The one camera convention of kp3d: pinhole projection and unprojection.
+
+Every module of the package (the environments' ground truth, the perception modules, the video
+renderer) projects and unprojects through these functions; nobody re-derives them.
+
+Convention (OpenCV):
+
+* **Extrinsics** ``T (*, 4, 4)`` map *world* coordinates to *camera* coordinates:
+  ``x_cam = R @ x_world + t`` with ``T = [[R, t], [0, 0, 0, 1]]``.
+* **Camera frame**: x points right, y points down, z points forward (into the scene). A point is in
+  front of the camera when its camera-frame z is positive; that z is its **depth** (not the distance
+  along the ray).
+* **Intrinsics** ``K (*, 3, 3) = [[fx, 0, cx], [0, fy, cy], [0, 0, 1]]`` map camera coordinates to
+  **pixels**: ``u = fx * x / z + cx``, ``v = fy * y / z + cy``.
+* **Pixels** are continuous coordinates ``(u, v)``: u to the right, v down; ``(0, 0)`` is the
+  top-left corner of the top-left pixel, so the centre of the pixel in row ``i`` and column ``j``
+  is ``(j + 0.5, i + 0.5)`` and an image of width W spans ``0 <= u <= W``.
+
+The functions are written with operators only, so they accept NumPy arrays and PyTorch tensors
+alike (and are differentiable for tensors). Leading dimensions broadcast.
+
+Example:
+    >>> import numpy as np
+    >>> K = np.array([[50.0, 0, 32], [0, 50.0, 32], [0, 0, 1]])
+    >>> T = np.eye(4)
+    >>> uv, z = project(np.array([[0.1, -0.2, 2.0]]), K, T)
+    >>> uv, z
+    (array([[34.5, 27. ]]), array([2.]))
+    >>> unproject(uv, z, K, T)
+    array([[ 0.1, -0.2,  2. ]])
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, TypeVar
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+
+Array = TypeVar("Array", "np.ndarray", "torch.Tensor")
+
+DEPTH_EPS = 1e-6
+"""Smallest depth used as a divisor: points at or behind the camera plane project far away
+instead of producing inf/nan (check ``depth > 0`` to know whether a point is in front)."""
+
+
+def _transpose(a: Array) -> Array:
+    return a.swapaxes(-1, -2)
+
+
+def _concat(arrays: list[Array], axis: int = -1) -> Array:
+    """Concatenate NumPy arrays or torch tensors along ``axis``."""
+    if isinstance(arrays[0], np.ndarray):
+        return np.concatenate(arrays, axis=axis)
+    import torch
+
+    return torch.cat(arrays, dim=axis)
+
+
+def _check_points(points: Array, name: str, dim: int) -> None:
+    if points.ndim < 2 or points.shape[-1] != dim:
+        raise ValueError(f"{name} must have shape (*, N, {dim}); got {tuple(points.shape)}")
+
+
+def _check_matrices(matrices: Array, name: str, size: int) -> None:
+    if matrices.ndim < 2 or tuple(matrices.shape[-2:]) != (size, size):
+        raise ValueError(f"{name} must have shape (*, {size}, {size}); got {tuple(matrices.shape)}")
+
+
+def _focal_and_centre(intrinsics: Array) -> tuple[Array, Array]:
+    """``(fx, fy)`` and ``(cx, cy)`` as ``(*, 1, 2)`` (basic slicing: no index arrays)."""
+    return intrinsics.diagonal(0, -2, -1)[..., None, :2], intrinsics[..., None, :2, 2]
+
+
+def transform_points(transform: Array, points: Array) -> Array:
+    """Apply rigid/affine transforms to points.
+
+    Args:
+        transform: ``(*, 4, 4)`` homogeneous transforms.
+        points: ``(*, N, 3)`` points.
+
+    Returns:
+        ``(*, N, 3)``: ``R @ p + t`` for every point.
+    """
+    _check_matrices(transform, "transform", 4)
+    _check_points(points, "points", 3)
+    rotation = transform[..., :3, :3]
+    translation = transform[..., None, :3, 3]
+    return points @ _transpose(rotation) + translation
+
+
+def invert_extrinsics(extrinsics: Array) -> Array:
+    """Invert rigid transforms exactly (``[R, t]^-1 = [R^T, -R^T t]``).
+
+    Args:
+        extrinsics: ``(*, 4, 4)`` rigid transforms (world→camera).
+
+    Returns:
+        ``(*, 4, 4)`` inverse transforms (camera→world).
+    """
+    _check_matrices(extrinsics, "extrinsics", 4)
+    rotation_t = _transpose(extrinsics[..., :3, :3])
+    top = _concat([rotation_t, -(rotation_t @ extrinsics[..., :3, 3:])], axis=-1)
+    return _concat([top, extrinsics[..., 3:, :]], axis=-2)
+
+
+def world_to_camera(points_world: Array, extrinsics: Array) -> Array:
+    """Change of frame world → camera.
+
+    Args:
+        points_world: ``(*, N, 3)`` world points.
+        extrinsics: ``(*, 4, 4)`` world→camera transforms.
+
+    Returns:
+        ``(*, N, 3)`` camera-frame points (z = depth).
+    """
+    _check_matrices(extrinsics, "extrinsics", 4)
+    _check_points(points_world, "points_world", 3)
+    return transform_points(extrinsics, points_world)
+
+
+def camera_to_world(points_camera: Array, extrinsics: Array) -> Array:
+    """Change of frame camera → world (inverse of :func:`world_to_camera`).
+
+    Args:
+        points_camera: ``(*, N, 3)`` camera-frame points.
+        extrinsics: ``(*, 4, 4)`` world→camera transforms.
+
+    Returns:
+        ``(*, N, 3)`` world points.
+    """
+    _check_matrices(extrinsics, "extrinsics", 4)
+    _check_points(points_camera, "points_camera", 3)
+    rotation = extrinsics[..., :3, :3]
+    translation = extrinsics[..., None, :3, 3]
+    # x_world = R^T (x_cam - t); right-multiplying row vectors by R applies R^T.
+    return (points_camera - translation) @ rotation
+
+
+def project_camera(points_camera: Array, intrinsics: Array, eps: float = DEPTH_EPS) -> Array:
+    """Pinhole projection of camera-frame points to pixels.
+
+    ``u = fx * x / z + cx``, ``v = fy * y / z + cy``; z is clamped to ``eps`` before dividing.
+
+    Args:
+        points_camera: ``(*, N, 3)`` camera-frame points.
+        intrinsics: ``(*, 3, 3)`` camera matrices.
+        eps: smallest divisor.
+
+    Returns:
+        ``(*, N, 2)`` pixel coordinates ``(u, v)``.
+    """
+    _check_matrices(intrinsics, "intrinsics", 3)
+    _check_points(points_camera, "points_camera", 3)
+    depth = points_camera[..., 2:3].clip(min=eps)
+    focal, centre = _focal_and_centre(intrinsics)
+    return points_camera[..., :2] / depth * focal + centre
+
+
+def unproject_camera(pixels: Array, depth: Array, intrinsics: Array) -> Array:
+    """Lift pixels with known depth to camera-frame points (inverse of :func:`project_camera`).
+
+    ``x = (u - cx) * z / fx``, ``y = (v - cy) * z / fy``.
+
+    Args:
+        pixels: ``(*, N, 2)`` pixel coordinates.
+        depth: ``(*, N)`` camera-frame z of each point.
+        intrinsics: ``(*, 3, 3)`` camera matrices.
+
+    Returns:
+        ``(*, N, 3)`` camera-frame points.
+    """
+    _check_matrices(intrinsics, "intrinsics", 3)
+    _check_points(pixels, "pixels", 2)
+    if tuple(depth.shape) != tuple(pixels.shape[:-1]):
+        raise ValueError(
+            f"depth must have shape {tuple(pixels.shape[:-1])} to match pixels "
+            f"{tuple(pixels.shape)}; got {tuple(depth.shape)}"
+        )
+    focal, centre = _focal_and_centre(intrinsics)
+    z = depth[..., None]
+    return _concat([(pixels - centre) / focal * z, z])
+
+
+def project(
+    points_world: Array, intrinsics: Array, extrinsics: Array, eps: float = DEPTH_EPS
+) -> tuple[Array, Array]:
+    """Project world points into cameras.
+
+    Args:
+        points_world: ``(*, N, 3)`` world points.
+        intrinsics: ``(*, 3, 3)`` camera matrices.
+        extrinsics: ``(*, 4, 4)`` world→camera transforms.
+        eps: smallest depth divisor.
+
+    Returns:
+        ``pixels (*, N, 2)`` and ``depth (*, N)`` (camera-frame z; ``> 0`` in front of the camera).
+    """
+    points_camera = world_to_camera(points_world, extrinsics)
+    return project_camera(points_camera, intrinsics, eps), points_camera[..., 2]
+
+
+def unproject(pixels: Array, depth: Array, intrinsics: Array, extrinsics: Array) -> Array:
+    """Lift pixels with known depth to world points (inverse of :func:`project`).
+
+    Args:
+        pixels: ``(*, N, 2)`` pixel coordinates.
+        depth: ``(*, N)`` camera-frame z.
+        intrinsics: ``(*, 3, 3)`` camera matrices.
+        extrinsics: ``(*, 4, 4)`` world→camera transforms.
+
+    Returns:
+        ``(*, N, 3)`` world points.
+    """
+    return camera_to_world(unproject_camera(pixels, depth, intrinsics), extrinsics)
+
+
+def camera_centers(extrinsics: Array) -> Array:
+    """Optical centres of cameras in world coordinates.
+
+    Args:
+        extrinsics: ``(*, 4, 4)`` world→camera transforms.
+
+    Returns:
+        ``(*, 3)`` centres ``-R^T t``.
+    """
+    _check_matrices(extrinsics, "extrinsics", 4)
+    return camera_to_world(extrinsics[..., None, :3, 3] * 0.0, extrinsics)[..., 0, :]

@@ -1,0 +1,35 @@
+"""Perception modules: images of calibrated cameras → keypoints and policy features.
+
+Every method implements :class:`Perception` (see :mod:`kp3d.perception.base` for the contract)
+and is built by name::
+
+    from kp3d.perception import available_perceptions, make_perception
+
+    module = make_perception("keypoint3d", num_cameras=3, image_size=64, num_keypoints=16)
+
+Importing this package registers every method shipped with kp3d.
+"""
+
+from kp3d.perception.base import (
+    Perception,
+    PerceptionOutput,
+    PerceptionVisuals,
+    available_perceptions,
+    images_from_observation,
+    make_perception,
+    perception_class,
+    register_perception,
+)
+from kp3d.perception.keypoint3d import Keypoint3D
+
+__all__ = [
+    "Keypoint3D",
+    "Perception",
+    "PerceptionOutput",
+    "PerceptionVisuals",
+    "available_perceptions",
+    "images_from_observation",
+    "make_perception",
+    "perception_class",
+    "register_perception",
+]

@@ -484,6 +484,8 @@ class MultiViewRenderer:
                 quality.shadowsize, quality.offsamples = 0, 0
             try:
                 self._context = mujoco.MjrContext(self._model, mujoco.mjtFontScale.mjFONTSCALE_100)
+            except mujoco.FatalError as error:  # e.g. GLFW without a display fails only here
+                raise gl.unavailable(gl.default_backend(), error) from error
             finally:
                 (
                     global_visual.offwidth,

@@ -17,7 +17,11 @@ import os
 import sys
 from typing import Any
 
-_BACKENDS = ("egl", "osmesa", "glfw")
+BACKENDS = ("egl", "osmesa", "glfw")
+
+
+class RenderingUnavailableError(RuntimeError):
+    """No OpenGL context could be created for offscreen rendering."""
 
 
 def default_backend() -> str:
@@ -35,6 +39,11 @@ def configure_environment() -> None:
     Called when ``envs`` is imported, so that Gymnasium's MuJoCo renderer picks the same backend.
     """
     backend = default_backend()
+    if backend not in BACKENDS:
+        # mujoco itself would refuse the value when imported, with a less helpful message.
+        raise RenderingUnavailableError(
+            f"MUJOCO_GL={backend!r} is not supported by kp3d; valid values: {', '.join(BACKENDS)}"
+        )
     os.environ.setdefault("MUJOCO_GL", backend)
     if backend in ("egl", "osmesa"):
         os.environ.setdefault("PYOPENGL_PLATFORM", backend)
@@ -45,15 +54,18 @@ def configure_environment() -> None:
     os.environ.setdefault("LP_NUM_THREADS", "0")
 
 
-class RenderingUnavailableError(RuntimeError):
-    """No OpenGL context could be created for offscreen rendering."""
+def unavailable(backend: str, error: BaseException) -> RenderingUnavailableError:
+    """The error to raise when no usable OpenGL context exists, naming the fixes."""
+    return RenderingUnavailableError(
+        f"could not create an OpenGL context with MUJOCO_GL={backend!r} ({error}). "
+        "Offscreen rendering needs one of: MUJOCO_GL=egl (an NVIDIA driver or Mesa's libEGL: "
+        "`apt-get install libegl1 libgl1`), MUJOCO_GL=osmesa (`apt-get install "
+        "libosmesa6`), or MUJOCO_GL=glfw with a display. Set the variable before starting "
+        "Python, or pass obs_mode='state' to run without rendering."
+    )
 
 
 def _create_context(backend: str, width: int, height: int) -> Any:
-    if backend not in _BACKENDS:
-        raise RenderingUnavailableError(
-            f"MUJOCO_GL={backend!r} is not supported by kp3d; valid values: {', '.join(_BACKENDS)}"
-        )
     try:
         if backend == "egl":
             from mujoco.egl import GLContext
@@ -64,13 +76,7 @@ def _create_context(backend: str, width: int, height: int) -> Any:
         context = GLContext(width, height)
         context.make_current()
     except Exception as error:  # the backends raise ImportError, RuntimeError, OSError, GLError...
-        raise RenderingUnavailableError(
-            f"could not create an OpenGL context with MUJOCO_GL={backend!r} ({error}). "
-            "Offscreen rendering needs one of: MUJOCO_GL=egl (an NVIDIA driver or Mesa's libEGL: "
-            "`apt-get install libegl1 libgl1`), MUJOCO_GL=osmesa (`apt-get install "
-            "libosmesa6`), or MUJOCO_GL=glfw with a display. Set the variable before starting "
-            "Python, or pass obs_mode='state' to run without rendering."
-        ) from error
+        raise unavailable(backend, error) from error
     return context
 
 

@@ -123,7 +123,8 @@ class Perception(nn.Module, abc.ABC):
 
     See the module docstring for the contract of :meth:`forward`. Subclasses register with
     :func:`register_perception`, take ``num_cameras`` and ``image_size`` plus keyword-only
-    hyperparameters, and implement :meth:`forward` and :attr:`features_dim`.
+    hyperparameters (their own, and those of a parent class they pass ``**kwargs`` on to; see
+    :func:`perception_hyperparameters`), and implement :meth:`forward` and :attr:`features_dim`.
 
     Args:
         num_cameras: ``C``, the number of views per sample.
@@ -273,6 +274,27 @@ def perception_class(name: str) -> type[Perception]:
     return _REGISTRY[name]
 
 
+def perception_hyperparameters(name: str) -> list[str]:
+    """Names of the keyword arguments that the perception ``name`` takes besides the camera
+    layout, sorted (what :func:`make_perception` accepts as ``**kwargs``).
+
+    An ``__init__`` that passes ``**kwargs`` on to its parent's also takes the parent's keywords:
+    the classes of the MRO are read until one ``__init__`` takes no ``**kwargs``. Positional-only
+    parameters (what a subclass fills in for its parent) are not hyperparameters.
+    """
+    names: set[str] = set()
+    cls = perception_class(name)
+    keywords = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        parameters = inspect.signature(klass.__init__).parameters.values()
+        names.update(p.name for p in parameters if p.kind in keywords)
+        if all(p.kind is not inspect.Parameter.VAR_KEYWORD for p in parameters):
+            break
+    return sorted(names - {"self", "num_cameras", "image_size"})
+
+
 def make_perception(
     name: str,
     cameras: object | None = None,
@@ -292,7 +314,7 @@ def make_perception(
         cameras: the env's cameras (anything with ``len()``, ``height`` and ``width``).
         num_cameras: ``C``, when ``cameras`` is not given.
         image_size: ``H`` or ``(H, W)``, when ``cameras`` is not given.
-        **kwargs: the method's hyperparameters (keyword arguments of its class).
+        **kwargs: the method's hyperparameters (:func:`perception_hyperparameters`).
 
     Raises:
         ValueError: for an unknown name (the message lists the available ones), or a camera layout
@@ -310,8 +332,7 @@ def make_perception(
             f"make_perception({name!r}) needs the camera layout: cameras=env.unwrapped.cameras, "
             "or num_cameras=C and image_size=(H, W)"
         )
-    parameters = inspect.signature(cls.__init__).parameters
-    valid = sorted(p for p in parameters if p not in ("self", "num_cameras", "image_size"))
+    valid = perception_hyperparameters(name)
     unknown = sorted(set(kwargs) - set(valid))
     if unknown:
         raise TypeError(f"perception {name!r} got unknown arguments {unknown}; valid: {valid}")

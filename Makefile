@@ -27,8 +27,22 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/python -m pip install -e ".[dev,progress,tensorboard]"
 	touch $@
 
+# The demo run's directory, named like `kp3d train` names runs (override: make demo DEMO_RUN=...).
+ifndef DEMO_RUN
+DEMO_RUN := runs/kp3d-Reach-v0__demo__1__$(shell date +%s)
+endif
+
+# A short Keypoint3D + PPO training on Reach (configs/demo.yaml, a few minutes on 2 CPU cores), a
+# video of the trained agent with its keypoints, and the ground-truth rollout videos of every env.
 demo: $(STAMP)
+	$(VENV)/bin/kp3d train configs/demo.yaml --run-dir $(DEMO_RUN)
+	$(VENV)/bin/kp3d eval $(DEMO_RUN) --episodes 2 --video
 	$(VENV)/bin/kp3d demo
+	@echo
+	@echo "run:          $(DEMO_RUN)"
+	@echo "tensorboard:  $(VENV)/bin/tensorboard --logdir $(DEMO_RUN)/logs"
+	@echo "agent video:  $(DEMO_RUN)/videos/eval.mp4"
+	@echo "env videos:   runs/demo/"
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .

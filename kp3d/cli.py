@@ -3,6 +3,9 @@
 Subcommands:
     kp3d envs                  list the registered environments
     kp3d demo [--out DIR]      roll out every environment and write multi-camera MP4s
+    kp3d train CONFIG [...]    train an agent from a YAML config (configs/*.yaml)
+    kp3d train --resume RUN    continue an interrupted run
+    kp3d eval RUN [...]        evaluate a trained agent (return, success rate, video)
     kp3d bench envs [...]      environment throughput benchmark (numbers for BENCHMARKS.md)
 """
 
@@ -54,6 +57,43 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from agents.config import load_config
+    from agents.training import LOG_DIR, TrainingInterrupted, resume, train
+
+    if (args.config is None) == (args.resume is None):
+        raise ValueError("give a CONFIG file to start a run, or --resume RUN_DIR to continue one")
+    if args.resume is not None and args.run_dir is not None:
+        raise ValueError("--run-dir names a new run; --resume continues the run it is given")
+    try:
+        if args.resume is not None:
+            run_dir = resume(args.resume, args.set)
+        else:
+            run_dir = train(load_config(args.config, args.set), run_dir=args.run_dir)
+    except TrainingInterrupted:
+        return 130
+    except KeyboardInterrupt:
+        print("\ninterrupted before the first checkpoint", file=sys.stderr)
+        return 130
+    print(f"run: {run_dir}\ntensorboard: tensorboard --logdir {run_dir / LOG_DIR}")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from agents.evaluation import evaluate
+
+    video = args.video
+    if video == "":
+        video = str(Path(args.run_dir) / "videos" / "eval.mp4")
+    result = evaluate(
+        args.run_dir, episodes=args.episodes, deterministic=args.deterministic, video=video
+    )
+    print(f"{args.run_dir}: {result.summary()}")
+    if result.video is not None:
+        print(f"video: {result.video}")
+    return 0
+
+
 def _cmd_bench_envs(args: argparse.Namespace) -> int:
     from envs.benchmark import run_env_benchmark
 
@@ -86,6 +126,56 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(handler=_cmd_demo)
+
+    train = commands.add_parser(
+        "train",
+        help="train an agent from a YAML config",
+        description="Train an agent from a YAML config (configs/*.yaml), or resume a run. A run "
+        "directory holds the resolved config, checkpoints, TensorBoard logs and evaluations; "
+        "Ctrl-C saves a resumable checkpoint.",
+    )
+    train.add_argument("config", nargs="?", help="YAML config file (omit with --resume)")
+    train.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set ppo.learning_rate=1e-4 (repeatable; the value "
+        "is read as YAML)",
+    )
+    train.add_argument(
+        "--run-dir",
+        default=None,
+        help="directory of the new run (default: runs/{env}__{exp}__{seed}__{time}); it must "
+        "not hold anything yet",
+    )
+    train.add_argument(
+        "--resume",
+        default=None,
+        metavar="RUN_DIR",
+        help="continue this run from its checkpoint up to its n_timesteps",
+    )
+    train.set_defaults(handler=_cmd_train)
+
+    evaluation = commands.add_parser("eval", help="evaluate a trained agent")
+    evaluation.add_argument("run_dir", help="run directory written by kp3d train")
+    evaluation.add_argument("--episodes", type=_positive_int, default=10)
+    evaluation.add_argument(
+        "--deterministic",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="act with the mean action (default) or sample (--no-deterministic)",
+    )
+    evaluation.add_argument(
+        "--video",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="PATH",
+        help="write the first episode with the perceived keypoints as a video (default path: "
+        "RUN_DIR/videos/eval.mp4)",
+    )
+    evaluation.set_defaults(handler=_cmd_eval)
 
     bench = commands.add_parser("bench", help="benchmarks")
     targets = bench.add_subparsers(dest="target", required=True, metavar="TARGET")

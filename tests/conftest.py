@@ -1,9 +1,9 @@
 """Import ``envs`` before anything imports ``mujoco``, so that MuJoCo's own renderer (used by some
 tests as a reference) picks the headless GL backend that ``envs`` configures."""
 
-import envs  # noqa: F401
+import torch
 
-import torch  # noqa: E402
+import envs  # noqa: F401
 
 # The models under test are tiny: one thread avoids oversubscribing the cores when tests, envs in
 # worker processes and other jobs share a small machine (measured: 8 ms vs ~1 s per training step

@@ -70,7 +70,7 @@ class MultiCameraMujocoEnv(gym.Env, abc.ABC):
     max_joint_velocity: ClassVar[float] = 20.0
     state_limit: ClassVar[float] = 100.0
     keypoints: ClassVar[tuple[KeypointSpec, ...]] = ()
-    skeleton: ClassVar[tuple[tuple[str, str], ...]] = ()
+    limbs: ClassVar[tuple[tuple[str, str], ...]] = ()
     max_episode_steps: ClassVar[int] = 100
 
     def __init__(
@@ -184,10 +184,10 @@ class MultiCameraMujocoEnv(gym.Env, abc.ABC):
         return tuple(resolved)
 
     def _setup_keypoints(self) -> None:
-        self.keypoint_set = Keypoints.from_specs(self.model, self.keypoints, self.skeleton)
+        self.keypoint_set = Keypoints.from_specs(self.model, self.keypoints, self.limbs)
         self.keypoint_names: tuple[str, ...] = self.keypoint_set.names
         self.keypoint_instances: np.ndarray = self.keypoint_set.instances
-        self.skeleton_indices: np.ndarray = self.keypoint_set.skeleton
+        self.skeleton: np.ndarray = self.keypoint_set.skeleton
 
     def _setup_proprioception(self) -> None:
         model = self.model

@@ -103,9 +103,9 @@ class Keypoints:
         cls,
         model: mujoco.MjModel,
         specs: Sequence[KeypointSpec],
-        skeleton: Sequence[tuple[str, str]] = (),
+        limbs: Sequence[tuple[str, str]] = (),
     ) -> Keypoints:
-        """Keypoints at MJCF sites, with a skeleton given by keypoint names."""
+        """Keypoints at MJCF sites, with limbs given as pairs of keypoint names."""
         sites, extra = [], []
         for spec in specs:
             site = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_SITE, spec.site)
@@ -117,16 +117,16 @@ class Keypoints:
         if len(set(names)) != len(names):
             raise ValueError(f"keypoint names must be unique; got {names}")
         index = {name: i for i, name in enumerate(names)}
-        unknown = [n for pair in skeleton for n in pair if n not in index]
+        unknown = [n for pair in limbs for n in pair if n not in index]
         if unknown:
-            raise ValueError(f"skeleton names unknown keypoints {unknown}; keypoints are {names}")
+            raise ValueError(f"limbs name unknown keypoints {unknown}; keypoints are {names}")
         return cls(
             model,
             names,
             sites=sites,
             instances=[s.instance for s in specs],
             extra_bodies=extra,
-            skeleton=[(index[a], index[b]) for a, b in skeleton],
+            skeleton=[(index[a], index[b]) for a, b in limbs],
         )
 
     @classmethod

@@ -139,7 +139,7 @@ class AntEnv(MultiCameraMujocoEnv):
             for part in ("hip", "knee", "foot")
         ),
     )
-    skeleton = tuple(
+    limbs = tuple(
         pair
         for leg in LEGS
         for pair in (

@@ -106,10 +106,10 @@ class MultiReachEnv(MultiCameraMujocoEnv):
         for arm in range(ARMS)
         for part in _PARTS
     )
-    skeleton = tuple(
+    limbs = tuple(
         (f"arm{arm}_{start}", f"arm{arm}_{end}")
         for arm in range(ARMS)
-        for start, end in ReachEnv.skeleton
+        for start, end in ReachEnv.limbs
     )
     max_episode_steps = 100
 

@@ -119,7 +119,7 @@ class PushEnv(MultiCameraMujocoEnv):
         KeypointSpec("cube", "kp_cube"),
         KeypointSpec("goal", "kp_goal"),
     )
-    skeleton = ()
+    limbs = ()
     max_episode_steps = 150
 
     # -- physics queries ----------------------------------------------------------------------

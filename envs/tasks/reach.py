@@ -139,7 +139,7 @@ class ReachEnv(MultiCameraMujocoEnv):
         KeypointSpec("fingertip", "kp_fingertip"),
         KeypointSpec("target", "kp_target"),
     )
-    skeleton = (("base", "elbow"), ("elbow", "fingertip"))
+    limbs = (("base", "elbow"), ("elbow", "fingertip"))
     max_episode_steps = 100
 
     # -- physics queries ----------------------------------------------------------------------

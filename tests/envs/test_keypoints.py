@@ -301,7 +301,7 @@ def test_from_specs_sites() -> None:
     keypoints = Keypoints.from_specs(
         model,
         [KeypointSpec("tip", "tip"), KeypointSpec("end", "end", instance=2)],
-        skeleton=[("tip", "end")],
+        limbs=[("tip", "end")],
     )
     np.testing.assert_allclose(keypoints.world(data), [[0.1, 0, 1], [0, 0, 1.5]])
     np.testing.assert_array_equal(keypoints.instances, [0, 2])
@@ -325,6 +325,6 @@ def test_bad_input() -> None:
     with pytest.raises(ValueError, match=r"unique; got \['k', 'k'\]"):
         Keypoints.from_specs(site_model, [KeypointSpec("k", "s"), KeypointSpec("k", "s")])
     with pytest.raises(ValueError, match=r"unknown keypoints \['z'\]"):
-        Keypoints.from_specs(site_model, [KeypointSpec("k", "s")], skeleton=[("k", "z")])
+        Keypoints.from_specs(site_model, [KeypointSpec("k", "s")], limbs=[("k", "z")])
     with pytest.raises(ValueError, match=r"keypoint 'k': no body 'nobody'"):
         Keypoints.from_specs(site_model, [KeypointSpec("k", "s", bodies=("nobody",))])

@@ -128,8 +128,9 @@ def test_info_has_reward_components_success_and_ground_truth(env: gym.Env) -> No
     assert info["camera_extrinsics"].shape == (cameras, 4, 4)
     assert info["camera_intrinsics"].shape == (cameras, 3, 3)
     assert base.keypoint_instances.shape == (count,)
-    assert base.skeleton_indices.ndim == 2 and base.skeleton_indices.shape[1] == 2
-    assert np.all((base.skeleton_indices >= 0) & (base.skeleton_indices < count))
+    assert base.skeleton.ndim == 2 and base.skeleton.shape[1] == 2
+    assert np.all((base.skeleton >= 0) & (base.skeleton < count))
+    assert len(base.skeleton) == len(type(base).limbs)
     assert np.isfinite(reward)
     # Most keypoints are visible in at least one view at the start of an episode.
     assert info["keypoints_visible"].any(axis=0).mean() > 0.5

@@ -20,9 +20,8 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +43,7 @@ from agents.config import (
 )
 from agents.environment import CameraLayout, build_vec_env, camera_layout
 from agents.extractor import PerceptionExtractor
+from agents.files import atomic_write
 from agents.ppo import PerceptionPPO
 from agents.sac import PerceptionSAC
 
@@ -127,20 +127,6 @@ def create_run_dir(config: TrainConfig, run_dir: str | Path | None, root: str | 
         except FileExistsError:
             continue
     raise RunDirectoryError(f"could not create a fresh run directory next to {base}")
-
-
-def atomic_write(path: Path, write: Callable[[str], Any]) -> None:
-    """Call ``write(temporary_path)``, then move the result onto ``path`` in one step.
-
-    The temporary file lies in ``path``'s directory (so that ``os.replace`` is atomic) and keeps
-    ``path``'s suffix (so that SB3 does not append its own).
-    """
-    temporary = str(path.with_name(f".{path.stem}.{os.getpid()}.partial{path.suffix}"))
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    finally:
-        Path(temporary).unlink(missing_ok=True)
 
 
 def save_checkpoint(model: BaseAlgorithm, run_dir: Path, replay_buffer: bool = False) -> None:
@@ -227,6 +213,24 @@ def policy_arguments(config: TrainConfig, layout: CameraLayout | None) -> tuple[
     return "MultiInputPolicy", kwargs
 
 
+def ppo_arguments(config: TrainConfig) -> dict[str, Any]:
+    """SB3 ``PPO`` keyword arguments of a config's ``ppo`` section."""
+    ppo = config.ppo
+    return {
+        "learning_rate": ppo.learning_rate,
+        "n_steps": ppo.n_steps,
+        "batch_size": ppo.batch_size,
+        "n_epochs": ppo.n_epochs,
+        "gamma": ppo.gamma,
+        "gae_lambda": ppo.gae_lambda,
+        "clip_range": ppo.clip_range,
+        "ent_coef": ppo.ent_coef,
+        "vf_coef": ppo.vf_coef,
+        "max_grad_norm": ppo.max_grad_norm,
+        "target_kl": ppo.target_kl,
+    }
+
+
 def build_model(config: TrainConfig, env: VecEnv, layout: CameraLayout | None) -> BaseAlgorithm:
     """A fresh :class:`~agents.ppo.PerceptionPPO` or :class:`~agents.sac.PerceptionSAC`."""
     policy, policy_kwargs = policy_arguments(config, layout)
@@ -239,21 +243,11 @@ def build_model(config: TrainConfig, env: VecEnv, layout: CameraLayout | None) -
         "aux_loss_coef": config.perception.aux_loss_coef,
     }
     if config.algo == "ppo":
-        ppo, unsupervised = config.ppo, config.unsupervised
+        unsupervised = config.unsupervised
         return PerceptionPPO(
             policy,
             env,
-            learning_rate=ppo.learning_rate,
-            n_steps=ppo.n_steps,
-            batch_size=ppo.batch_size,
-            n_epochs=ppo.n_epochs,
-            gamma=ppo.gamma,
-            gae_lambda=ppo.gae_lambda,
-            clip_range=ppo.clip_range,
-            ent_coef=ppo.ent_coef,
-            vf_coef=ppo.vf_coef,
-            max_grad_norm=ppo.max_grad_norm,
-            target_kl=ppo.target_kl,
+            **ppo_arguments(config),
             perception_max_grad_norm=config.perception.max_grad_norm,
             unsupervised_steps=unsupervised.steps,
             unsupervised_batch_size=unsupervised.batch_size,
@@ -503,7 +497,6 @@ __all__ = [
     "CheckpointCallback",
     "RunDirectoryError",
     "TrainingInterrupted",
-    "atomic_write",
     "build_model",
     "create_run_dir",
     "make_run_env",

@@ -9,6 +9,8 @@ from pathlib import Path
 import imageio.v3 as iio
 import numpy as np
 
+from agents.files import atomic_write
+
 VIDEO_SUFFIXES = (".mp4", ".gif")
 
 
@@ -59,26 +61,19 @@ def write_video(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: floa
             f"{shape[1]}. Pad or resize the frames, or write a .gif"
         )
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.stem}.partial{suffix}")
-    try:
-        if suffix == ".mp4":
-            # macro_block_size=1: imageio-ffmpeg would otherwise resize to multiples of 16.
-            iio.imwrite(
-                partial,
-                np.stack(stack),
-                plugin="FFMPEG",
-                fps=fps,
-                codec="libx264",
-                pixelformat="yuv420p",
-                macro_block_size=1,
-            )
-        else:
-            iio.imwrite(partial, np.stack(stack), extension=".gif", duration=1000.0 / fps, loop=0)
-        if partial.stat().st_size == 0:
-            raise OSError(f"the video writer produced an empty file for {path}")
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
+    frames_array = np.stack(stack)
+    if suffix == ".mp4":
+        # macro_block_size=1: imageio-ffmpeg would otherwise resize to multiples of 16.
+        options = {
+            "plugin": "FFMPEG",
+            "fps": fps,
+            "codec": "libx264",
+            "pixelformat": "yuv420p",
+            "macro_block_size": 1,
+        }
+    else:
+        options = {"extension": ".gif", "duration": 1000.0 / fps, "loop": 0}
+    atomic_write(path, lambda temporary: iio.imwrite(temporary, frames_array, **options))
     return path
 
 

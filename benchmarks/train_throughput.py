@@ -25,7 +25,7 @@ from stable_baselines3 import PPO
 
 from agents.config import load_config
 from agents.environment import camera_layout
-from agents.training import build_model, make_run_env, set_torch_threads
+from agents.training import build_model, make_run_env, ppo_arguments, set_torch_threads
 
 
 def frames_per_second(model, timesteps: int) -> float:
@@ -52,16 +52,11 @@ def main() -> None:
     keypoint_env = make_run_env(config, layout, config.n_envs, config.seed, training=True)
     keypoint_model = build_model(config, keypoint_env, layout)
     pixel_env = make_run_env(config, layout, config.n_envs, config.seed, training=True)
+    # SB3's own pixel PPO with the same PPO hyperparameters (its default extractor and heads).
     pixel_model = PPO(
         "MultiInputPolicy",
         pixel_env,
-        learning_rate=ppo.learning_rate,
-        n_steps=ppo.n_steps,
-        batch_size=ppo.batch_size,
-        n_epochs=ppo.n_epochs,
-        gamma=ppo.gamma,
-        gae_lambda=ppo.gae_lambda,
-        clip_range=ppo.clip_range,
+        **ppo_arguments(config),
         device=config.device,
         seed=config.seed,
         verbose=0,

@@ -12,9 +12,9 @@ import yaml
 
 import agents
 from agents.config import ConfigError, config_from_dict
+from agents.files import atomic_write
 from agents.training import (
     RunDirectoryError,
-    atomic_write,
     create_run_dir,
     read_run_config,
     run_name,

@@ -43,9 +43,9 @@ from agents.config import (
 )
 from agents.environment import CameraLayout, build_vec_env, camera_layout
 from agents.extractor import PerceptionExtractor
-from agents.files import atomic_write
 from agents.ppo import PerceptionPPO
 from agents.sac import PerceptionSAC
+from kp3d.files import atomic_write
 
 CONFIG_FILE = "config.yaml"
 MODEL_FILE = "model.zip"

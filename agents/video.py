@@ -9,7 +9,7 @@ from pathlib import Path
 import imageio.v3 as iio
 import numpy as np
 
-from agents.files import atomic_write
+from kp3d.files import atomic_write
 
 VIDEO_SUFFIXES = (".mp4", ".gif")
 

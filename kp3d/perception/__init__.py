@@ -18,10 +18,13 @@ from kp3d.perception.base import (
     PerceptionVisuals,
     available_perceptions,
     images_from_observation,
+    load_perception,
+    load_perception_checkpoint,
     make_perception,
     perception_class,
     perception_hyperparameters,
     register_perception,
+    save_perception,
 )
 from kp3d.perception.keypoint2d import Keypoint2D
 from kp3d.perception.keypoint3d import Keypoint3D
@@ -37,8 +40,11 @@ __all__ = [
     "PixelEncoder",
     "available_perceptions",
     "images_from_observation",
+    "load_perception",
+    "load_perception_checkpoint",
     "make_perception",
     "perception_class",
     "perception_hyperparameters",
     "register_perception",
+    "save_perception",
 ]

@@ -47,11 +47,15 @@ import abc
 import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import ClassVar, Literal, TypeVar
 
 import numpy as np
 import torch
 from torch import nn
+
+from kp3d.batch import FrameBatch
+from kp3d.files import atomic_write
 
 KeypointFrame = Literal["world", "image"]
 
@@ -137,6 +141,15 @@ class Perception(nn.Module, abc.ABC):
 
     keypoint_frame: ClassVar[KeypointFrame] = "world"
 
+    requires_labels: ClassVar[bool] = False
+    """Whether :meth:`training_losses` needs the ground truth of a :class:`~kp3d.batch.FrameBatch`
+    (supervised detectors). Such a module's ``forward`` returns no losses: under an RL agent it is
+    used pretrained (frozen or fine-tuned by the RL loss)."""
+
+    uses_pairs: ClassVar[bool] = False
+    """Whether :meth:`training_losses` reads :attr:`FrameBatch.pair` (a second frame of the same
+    episode per sample); datasets then sample pairs."""
+
     def __init__(self, num_cameras: int, image_size: int | Sequence[int]) -> None:
         super().__init__()
         if not isinstance(num_cameras, (int, np.integer)) or num_cameras < 1:
@@ -168,6 +181,28 @@ class Perception(nn.Module, abc.ABC):
         Returns:
             :class:`PerceptionOutput`.
         """
+
+    def training_losses(self, batch: FrameBatch) -> dict[str, torch.Tensor]:
+        """Weighted loss terms of one offline training step on ``batch`` (``kp3d pretrain``).
+
+        The default is the auxiliary losses of :meth:`forward`, which is right for every method
+        that learns from single frames without labels. Supervised detectors (``requires_labels``)
+        and methods that learn from two frames (``uses_pairs``) override it.
+
+        Raises:
+            ValueError: if the module needs labels or pairs that ``batch`` lacks.
+        """
+        if self.requires_labels and not batch.has_labels:
+            raise ValueError(
+                f"{type(self).__name__} is trained on ground-truth keypoints; this batch has none "
+                "(build the dataset with `kp3d dataset`, which stores them)"
+            )
+        if self.uses_pairs and batch.pair is None:
+            raise ValueError(
+                f"{type(self).__name__} is trained on pairs of frames of one episode; this batch "
+                "has no FrameBatch.pair"
+            )
+        return dict(self(batch.images, batch.intrinsics, batch.extrinsics).losses)
 
     def check_inputs(
         self, images: torch.Tensor, intrinsics: torch.Tensor, extrinsics: torch.Tensor
@@ -336,4 +371,82 @@ def make_perception(
     unknown = sorted(set(kwargs) - set(valid))
     if unknown:
         raise TypeError(f"perception {name!r} got unknown arguments {unknown}; valid: {valid}")
-    return cls(num_cameras, image_size, **kwargs)
+    module = cls(num_cameras, image_size, **kwargs)
+    module.construction = {
+        "name": name,
+        "num_cameras": int(num_cameras),
+        "image_size": list(_size_pair(image_size)),
+        "kwargs": dict(kwargs),
+    }
+    return module
+
+
+CHECKPOINT_FORMAT = "kp3d-perception"
+CHECKPOINT_VERSION = 1
+
+
+def save_perception(module: Perception, path: str | Path, **extra: object) -> Path:
+    """Write ``module`` (its name, camera layout, hyperparameters and weights) to ``path``.
+
+    The file is written atomically: an error or an interruption leaves any previous file at
+    ``path`` intact. ``extra`` entries (e.g. ``step``, ``metrics``) are stored alongside and
+    returned by :func:`load_perception_checkpoint`.
+
+    Raises:
+        ValueError: if ``module`` was not built by :func:`make_perception` (its construction
+            arguments are unknown).
+    """
+    construction = getattr(module, "construction", None)
+    if construction is None:
+        raise ValueError(
+            f"cannot save a {type(module).__name__} built directly: build it with "
+            "make_perception(name, ...) so that its hyperparameters are recorded"
+        )
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        **construction,
+        "state_dict": {k: v.detach().cpu() for k, v in module.state_dict().items()},
+        "extra": dict(extra),
+    }
+    atomic_write(path, lambda temporary: torch.save(payload, temporary))
+    return path
+
+
+def load_perception_checkpoint(path: str | Path) -> dict:
+    """Read a file written by :func:`save_perception` (on the CPU), checking its format.
+
+    Raises:
+        FileNotFoundError: if ``path`` does not exist.
+        ValueError: if it is not a kp3d perception checkpoint, or its version is unsupported.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no perception checkpoint at {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several types for corrupt or foreign files
+        raise ValueError(f"{path} is not a readable perception checkpoint: {error}") from error
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not a kp3d perception checkpoint (see save_perception)")
+    if payload.get("version") != CHECKPOINT_VERSION:
+        raise ValueError(
+            f"{path} has checkpoint version {payload.get('version')}; this kp3d reads version "
+            f"{CHECKPOINT_VERSION}"
+        )
+    return payload
+
+
+def load_perception(path: str | Path, device: torch.device | str = "cpu") -> Perception:
+    """Rebuild the module saved by :func:`save_perception` at ``path`` with its weights."""
+    payload = load_perception_checkpoint(path)
+    module = make_perception(
+        payload["name"],
+        num_cameras=payload["num_cameras"],
+        image_size=tuple(payload["image_size"]),
+        **payload["kwargs"],
+    )
+    module.load_state_dict(payload["state_dict"])
+    return module.to(device)

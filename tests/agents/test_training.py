@@ -12,13 +12,13 @@ import yaml
 
 import agents
 from agents.config import ConfigError, config_from_dict
-from agents.files import atomic_write
 from agents.training import (
     RunDirectoryError,
     create_run_dir,
     read_run_config,
     run_name,
 )
+from kp3d.files import atomic_write
 
 
 @pytest.fixture(scope="module")

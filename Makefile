@@ -32,17 +32,19 @@ ifndef DEMO_RUN
 DEMO_RUN := runs/kp3d-Reach-v0__demo__1__$(shell date +%s)
 endif
 
-# A short Keypoint3D + PPO training on Reach (configs/demo.yaml, a few minutes on 2 CPU cores), a
-# video of the trained agent with its keypoints, and the ground-truth rollout videos of every env.
+# A short Keypoint3D + PPO training on Reach (configs/demo.yaml, a few minutes on 2 CPU cores), its
+# learning curve, the ground-truth rollout videos of every env, and last a video of the trained
+# agent with its keypoints (`kp3d render` ends by printing the video's path).
 demo: $(STAMP)
 	$(VENV)/bin/kp3d train configs/demo.yaml --run-dir $(DEMO_RUN)
-	$(VENV)/bin/kp3d eval $(DEMO_RUN) --episodes 2 --video
+	$(VENV)/bin/kp3d eval $(DEMO_RUN) --episodes 2
+	$(VENV)/bin/kp3d plot $(DEMO_RUN)
 	$(VENV)/bin/kp3d demo
 	@echo
 	@echo "run:          $(DEMO_RUN)"
 	@echo "tensorboard:  $(VENV)/bin/tensorboard --logdir $(DEMO_RUN)/logs"
-	@echo "agent video:  $(DEMO_RUN)/videos/eval.mp4"
 	@echo "env videos:   runs/demo/"
+	$(VENV)/bin/kp3d render $(DEMO_RUN) --episodes 2
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -6,7 +6,12 @@
   features extractor; :class:`~agents.environment.CameraMatricesObservation` for moving cameras;
 - :class:`~agents.ppo.PerceptionPPO` (Keypoint3D's joint and unsupervised training) and
   :class:`~agents.sac.PerceptionSAC` (DrQ/SAC-AE-style critic-trained perception);
-- :mod:`agents.video`: writing MP4/GIF videos safely.
+- :func:`render_rollout`, :func:`render_video` (:mod:`agents.render`): keypoint rollout videos of
+  agents or perception modules; :func:`plot_learning_curves` (:mod:`agents.plot`): learning
+  curves of runs; :mod:`agents.video`: writing MP4/GIF videos safely;
+- :func:`write_dataset` (:mod:`agents.dataset`, ``kp3d dataset``) and
+  :func:`agents.pretrain.pretrain`, :func:`resume_pretrain` (``kp3d pretrain``): frame datasets
+  with ground truth, and offline training of perception modules on them.
 
 ``import agents`` stays cheap (env worker processes import it): torch and SB3 load when one of the
 names below is first used.
@@ -27,6 +32,12 @@ _EXPORTS = {
     "PerceptionPPO": "agents.ppo",
     "PerceptionSAC": "agents.sac",
     "CameraMatricesObservation": "agents.environment",
+    "render_rollout": "agents.render",
+    "render_video": "agents.render",
+    "plot_learning_curves": "agents.plot",
+    "write_dataset": "agents.dataset",
+    "resume_pretrain": "agents.pretrain",
+    "load_pretrain_config": "agents.pretrain",
 }
 
 

@@ -2,7 +2,7 @@
 
 A config file is a plain YAML mapping shaped like an rl-baselines3-zoo entry (env id, budget,
 algorithm hyperparameters), with nested sections for the perception module, the algorithms, the
-unsupervised perception updates and evaluation::
+unsupervised perception updates, evaluation and videos::
 
     env_id: kp3d/Reach-v0
     algo: ppo
@@ -37,13 +37,16 @@ import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal, TypeVar, Union
 
 import yaml
 
 
 class ConfigError(ValueError):
     """A configuration that cannot be used; the message names the key and what is valid."""
+
+
+ConfigType = TypeVar("ConfigType")
 
 
 @dataclass
@@ -80,6 +83,15 @@ class PerceptionConfig:
     projection_dim: int | None = 512
     """Width of the ``Linear + ReLU`` layer that the features extractor applies to
     ``[perception features, state]`` (the reference's 512); ``null`` passes them on as they are."""
+
+    pretrained: str | None = None
+    """A perception checkpoint (``perception.pt`` of a ``kp3d pretrain`` run) to start from. Its
+    method must be ``name``, its camera layout the env's; ``kwargs`` may be left empty (the
+    checkpoint's are used) or must equal the checkpoint's."""
+
+    freeze: bool = False
+    """Keep the (pretrained) perception fixed: no gradients from the RL loss, no auxiliary or
+    unsupervised updates, always in eval mode. ``false`` fine-tunes it."""
 
 
 @dataclass
@@ -227,6 +239,26 @@ class EvalConfig:
 
 
 @dataclass
+class VideoConfig:
+    """Periodic rollout videos of the agent being trained (:class:`agents.render.VideoCallback`):
+    ``videos/step_<N>.mp4`` in the run directory, and four of each video's frames logged to
+    TensorBoard as the image ``kp3d/rollout``. Each video costs a rollout with the perception's
+    decoder on: a 100-step episode takes about 5-10 s on a CPU."""
+
+    freq: int = 0
+    """Env steps between videos (0 disables them)."""
+
+    episodes: int = 1
+    """Episodes per video (always the same ones: the env is seeded like the evaluations)."""
+
+    deterministic: bool = True
+    """Act with the policy's mean action."""
+
+    max_steps: int | None = None
+    """Cut each episode after this many steps; ``null``: whole episodes."""
+
+
+@dataclass
 class TrainConfig:
     """One training run: environment, budget, algorithm, perception, evaluation, checkpoints."""
 
@@ -269,6 +301,9 @@ class TrainConfig:
 
     eval: EvalConfig = field(default_factory=EvalConfig)
     """Periodic evaluation."""
+
+    video: VideoConfig = field(default_factory=VideoConfig)
+    """Periodic rollout videos (off by default)."""
 
     checkpoint_freq: int = 50_000
     """Env steps between checkpoints (0: only at the end and on Ctrl-C)."""
@@ -435,10 +470,17 @@ def _copy_mappings(data: Mapping[str, Any]) -> dict[str, Any]:
     return {k: _copy_mappings(v) if isinstance(v, Mapping) else v for k, v in data.items()}
 
 
-def load_config(path: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
-    """Read a YAML config, apply ``--set`` overrides and build the :class:`TrainConfig`.
+def dataclass_from_dict(cls: type[ConfigType], data: Mapping[str, Any]) -> ConfigType:
+    """Build the config dataclass ``cls`` (e.g. :class:`TrainConfig`) from a nested mapping,
+    with the checks of :func:`config_from_dict` (unknown keys name the valid ones)."""
+    return _from_mapping(cls, data, "")
 
-    ``exp_name`` defaults to the file's stem.
+
+def read_config_file(
+    path: str | Path, cls: type[ConfigType], overrides: Sequence[str] = ()
+) -> ConfigType:
+    """Read a YAML config file into the dataclass ``cls``, after ``--set`` overrides;
+    ``exp_name`` (if ``cls`` has one) defaults to the file's stem.
 
     Raises:
         ConfigError: for a missing or unparsable file, or any invalid key or value.
@@ -457,16 +499,49 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
     if not isinstance(data, Mapping):
         raise ConfigError(f"config {str(path)!r} must be a YAML mapping; got {type(data).__name__}")
     data = apply_overrides(data, overrides)
-    data.setdefault("exp_name", path.stem)
+    if "exp_name" in {f.name for f in dataclasses.fields(cls)}:
+        data.setdefault("exp_name", path.stem)
     try:
-        return config_from_dict(data)
+        return dataclass_from_dict(cls, data)
     except ConfigError as error:
         raise ConfigError(f"{path}: {error}") from None
+
+
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
+    """Read a YAML config, apply ``--set`` overrides and build the :class:`TrainConfig`.
+
+    ``exp_name`` defaults to the file's stem.
+
+    Raises:
+        ConfigError: for a missing or unparsable file, or any invalid key or value.
+    """
+    return read_config_file(path, TrainConfig, overrides)
 
 
 def save_config(config: TrainConfig, path: str | Path) -> None:
     """Write the resolved config (every field) as YAML."""
     Path(path).write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+
+
+def check_perception_choice(name: str, kwargs: Mapping[str, Any]) -> None:
+    """Check that ``perception.name`` is registered and takes every key of ``perception.kwargs``
+    (their values are checked when the module is built for its cameras).
+
+    Raises:
+        ConfigError: listing the available perceptions, or the valid hyperparameters.
+    """
+    from kp3d.perception import available_perceptions, perception_hyperparameters
+
+    if name not in available_perceptions():
+        raise ConfigError(
+            f"unknown 'perception.name' {name!r}; available: {available_perceptions()}"
+        )
+    valid = perception_hyperparameters(name)
+    unknown = sorted(set(kwargs) - set(valid))
+    if unknown:
+        raise ConfigError(
+            f"unknown 'perception.kwargs' {unknown} for {name!r}; valid: {', '.join(valid)}"
+        )
 
 
 def check_config(config: TrainConfig) -> None:
@@ -492,6 +567,8 @@ def check_config(config: TrainConfig) -> None:
         "unsupervised.batch_size": config.unsupervised.batch_size,
         "unsupervised.buffer_size": config.unsupervised.buffer_size,
         "eval.episodes": config.eval.episodes,
+        "video.episodes": config.video.episodes,
+        "video.max_steps": 1 if config.video.max_steps is None else config.video.max_steps,
         "torch_threads": 1 if config.torch_threads is None else config.torch_threads,
     }
     for key, value in positive.items():
@@ -500,6 +577,7 @@ def check_config(config: TrainConfig) -> None:
     for key, value in {
         "unsupervised.steps": config.unsupervised.steps,
         "eval.freq": config.eval.freq,
+        "video.freq": config.video.freq,
         "checkpoint_freq": config.checkpoint_freq,
         "sac.learning_starts": config.sac.learning_starts,
         "sac.gradient_steps": config.sac.gradient_steps,
@@ -527,18 +605,7 @@ def check_config(config: TrainConfig) -> None:
             "set perception.name: null for a state-based run"
         )
     if name is not None:
-        from kp3d.perception import available_perceptions, perception_hyperparameters
-
-        if name not in available_perceptions():
-            raise ConfigError(
-                f"unknown 'perception.name' {name!r}; available: {available_perceptions()}"
-            )
-        valid = perception_hyperparameters(name)
-        unknown = sorted(set(config.perception.kwargs) - set(valid))
-        if unknown:
-            raise ConfigError(
-                f"unknown 'perception.kwargs' {unknown} for {name!r}; valid: {', '.join(valid)}"
-            )
+        check_perception_choice(name, config.perception.kwargs)
     if config.perception.projection_dim is not None and config.perception.projection_dim < 1:
         raise ConfigError(
             f"'perception.projection_dim' must be positive or null; "
@@ -554,11 +621,15 @@ __all__ = [
     "SACConfig",
     "TrainConfig",
     "UnsupervisedConfig",
+    "VideoConfig",
     "apply_overrides",
     "check_config",
+    "check_perception_choice",
     "config_from_dict",
     "config_to_dict",
+    "dataclass_from_dict",
     "load_config",
     "parse_override",
+    "read_config_file",
     "save_config",
 ]

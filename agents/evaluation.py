@@ -8,9 +8,7 @@ from pathlib import Path
 import numpy as np
 from stable_baselines3.common.base_class import BaseAlgorithm
 
-from agents.demo import annotate_views
-from agents.environment import CAMERA_PREFIX, camera_layout
-from agents.extractor import perception_extractor
+from agents.environment import camera_layout
 from agents.training import (
     ALGORITHMS,
     EVAL_SEED_OFFSET,
@@ -21,10 +19,6 @@ from agents.training import (
     read_run_config,
     set_torch_threads,
 )
-from agents.video import write_video
-
-VIDEO_UPSCALE = 4
-"""Nearest-neighbour upscaling of 64 px views in rollout videos (so keypoint markers show)."""
 
 
 @dataclass(frozen=True)
@@ -85,15 +79,6 @@ def load(run_dir: str | Path, device: str = "auto", env: object | None = None) -
     return ALGORITHMS[config.algo].load(path / MODEL_FILE, env=env, device=device)
 
 
-def _views(observation: dict[str, np.ndarray], camera_keys: list[str]) -> np.ndarray:
-    """``(C, H, W, 3)`` uint8 views of env 0 of a vectorised observation (any image layout)."""
-    views = []
-    for key in camera_keys:
-        view = np.asarray(observation[key][0])
-        views.append(view.transpose(1, 2, 0) if view.shape[0] == 3 else view)
-    return np.stack(views)
-
-
 def evaluate(
     run_dir: str | Path,
     episodes: int = 10,
@@ -108,9 +93,10 @@ def evaluate(
         run_dir: a run directory.
         episodes: number of episodes.
         deterministic: act with the mean action.
-        video: also write the first episode as an MP4 or GIF here: the camera views side by side,
-            with the points the perception reports (``PerceptionVisuals.points``: for Keypoint3D
-            the fused 3D keypoints projected into every view) drawn on them.
+        video: also write the first episode as an MP4 or GIF here, drawn by
+            :func:`agents.render.render_video` (the same seed: with ``deterministic`` actions, the
+            same episode). An MP4 becomes a GIF when ffmpeg is missing (:attr:`Evaluation.video`
+            says which).
         device: torch device.
 
     Returns:
@@ -122,8 +108,6 @@ def evaluate(
     config = read_run_config(path)
     set_torch_threads(config.torch_threads)
     layout = camera_layout(config.env_id, config.env_kwargs)
-    if video is not None and layout is None:
-        raise ValueError(f"run {str(path)!r} observes states, not images: no video to write")
     stats = path / VEC_NORMALIZE_FILE
     env = make_run_env(
         config,
@@ -134,23 +118,13 @@ def evaluate(
         vec_normalize_path=stats if stats.is_file() else None,
     )
     try:
-        fps = float(env.get_attr("metadata")[0].get("render_fps", 20))
-        model = load(path, device=device, env=env)
-        extractor = perception_extractor(model.policy)
-        camera_keys = [f"{CAMERA_PREFIX}{name}" for name in layout.names] if layout else []
-        returns, lengths, successes, frames = [], [], [], []
+        # No env= here: SB3's load re-seeds an attached env with the training seed, which
+        # would replace the evaluation seed (and make these episodes differ from the video's).
+        model = load(path, device=device)
+        returns, lengths, successes = [], [], []
         observation = env.reset()
         while len(returns) < episodes:
             action, _ = model.predict(observation, deterministic=deterministic)
-            if video is not None and not returns:
-                points = None
-                if extractor is not None and extractor.last_visuals.points is not None:
-                    points = extractor.last_visuals.points[0].cpu().numpy()
-                views = _views(observation, camera_keys)
-                if points is None:
-                    points = np.zeros((len(views), 0, 2))
-                visible = np.ones(points.shape[:2], dtype=bool)
-                frames.append(annotate_views(views, points, visible, VIDEO_UPSCALE))
             observation, _, dones, infos = env.step(action)
             if dones[0]:
                 episode = infos[0]["episode"]
@@ -161,7 +135,17 @@ def evaluate(
         env.close()
     written = None
     if video is not None:
-        written = write_video(video, frames, fps=fps)
+        # Imported here: agents.render loads agents with this module's load().
+        from agents.render import render_video
+
+        written = render_video(
+            path,
+            video,
+            episodes=1,
+            deterministic=deterministic,
+            seed=config.seed + EVAL_SEED_OFFSET,
+            device=device,
+        ).path
     return Evaluation(np.array(returns), np.array(lengths), np.array(successes), written)
 
 

@@ -70,9 +70,13 @@ class PerceptionExtractor(BaseFeaturesExtractor):
         perception_kwargs: the perception's hyperparameters.
         use_state: concatenate the ``state`` observation.
         projection_dim: width of the final ``Linear + ReLU``; ``None`` for none.
+        freeze_perception: keep the perception fixed (e.g. pretrained with ``kp3d pretrain``):
+            its parameters take no gradients, it stays in eval mode and computes no auxiliary
+            losses. Algorithms give a frozen perception no updates of its own.
 
     Attributes:
         perception: the perception module.
+        frozen: ``freeze_perception``.
         detach_features: the policy sees detached perception features (set by algorithms that
             train the perception apart from the RL loss).
         last_losses: named weighted auxiliary losses of the last forward pass inside
@@ -90,6 +94,7 @@ class PerceptionExtractor(BaseFeaturesExtractor):
         perception_kwargs: Mapping[str, object] | None = None,
         use_state: bool = True,
         projection_dim: int | None = 512,
+        freeze_perception: bool = False,
     ) -> None:
         if not isinstance(observation_space, spaces.Dict):
             raise TypeError(
@@ -151,9 +156,21 @@ class PerceptionExtractor(BaseFeaturesExtractor):
             else nn.Identity()
         )
         self.detach_features = False
+        self.frozen = freeze_perception
+        if freeze_perception:
+            module.requires_grad_(False)
+            module.eval()
         self.last_losses: dict[str, torch.Tensor] = {}
         self.last_visuals = PerceptionVisuals()
         self._compute_losses = False
+
+    def train(self, mode: bool = True) -> PerceptionExtractor:
+        """Set training mode; a frozen perception stays in eval mode (no augmentations, no
+        batch-norm statistics updates)."""
+        super().train(mode)
+        if self.frozen:
+            self.perception.eval()
+        return self
 
     @contextlib.contextmanager
     def computing_losses(self, enabled: bool = True) -> Iterator[None]:
@@ -194,7 +211,9 @@ class PerceptionExtractor(BaseFeaturesExtractor):
 
     def forward(self, observations: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """``(B, features_dim)`` policy features from a batch of preprocessed observations."""
-        output = self.perceive(observations, compute_losses=self._compute_losses)
+        output = self.perceive(
+            observations, compute_losses=self._compute_losses and not self.frozen
+        )
         self.last_losses = output.losses
         self.last_visuals = output.visuals
         features = output.features.detach() if self.detach_features else output.features

@@ -134,6 +134,8 @@ class PerceptionPPO(PPO):
         if extractor is None:
             return
         extractor.detach_features = not self.joint
+        if extractor.frozen:
+            return  # a frozen perception takes no updates of its own
         self.perception_optimizer = th.optim.Adam(
             extractor.perception.parameters(), lr=self.unsupervised_learning_rate
         )

@@ -9,6 +9,8 @@ A run lives in one directory, by default ``runs/{env}__{exp_name}__{seed}__{unix
     replay_buffer.pkl  SAC's replay buffer, when sac.save_replay_buffer is set
     logs/              TensorBoard event files and progress*.csv
     eval/              evaluations.npz of the periodic evaluations (SB3 EvalCallback)
+    videos/            rollout videos: step_<N>.mp4 (config ``video``), rollout.mp4
+                       (``kp3d render``), eval.mp4 (``kp3d eval --video``)
 
 Checkpoints are written every ``checkpoint_freq`` steps, at the end, and on Ctrl-C, each file to
 a temporary name in the same directory and then renamed (``os.replace``), so that an interrupted
@@ -63,6 +65,7 @@ RESUMABLE_KEYS = (
     "n_timesteps",
     "checkpoint_freq",
     "eval",
+    "video",
     "device",
     "torch_threads",
     "progress_bar",
@@ -113,12 +116,18 @@ def check_new_run_dir(path: Path) -> None:
 def create_run_dir(config: TrainConfig, run_dir: str | Path | None, root: str | Path) -> Path:
     """Make a fresh run directory: ``run_dir`` if given (it must not hold anything yet), else
     :func:`run_name` under ``root`` (with a ``_2``, ``_3``... suffix if taken)."""
+    return new_run_dir(run_dir, Path(root) / run_name(config))
+
+
+def new_run_dir(run_dir: str | Path | None, default: Path) -> Path:
+    """Make a fresh directory: ``run_dir`` if given (it must not hold anything yet), else
+    ``default`` (with a ``_2``, ``_3``... suffix if taken)."""
     if run_dir is not None:
         path = Path(run_dir)
         check_new_run_dir(path)
         path.mkdir(parents=True, exist_ok=True)
         return path
-    base = Path(root) / run_name(config)
+    base = default
     for attempt in range(1, 1000):
         path = base if attempt == 1 else base.with_name(f"{base.name}_{attempt}")
         try:
@@ -173,19 +182,37 @@ def read_run_config(run_dir: str | Path) -> TrainConfig:
 # -- building the agent ---------------------------------------------------------------------------
 
 
+def pretrained_checkpoint(config: TrainConfig, layout: CameraLayout | None) -> dict | None:
+    """The ``perception.pretrained`` checkpoint, checked against the config and the cameras
+    (:func:`agents.pretrain.pretrained_perception`); ``None`` when the config names none."""
+    if config.perception.pretrained is None or layout is None:
+        return None
+    from agents.pretrain import pretrained_perception
+
+    return pretrained_perception(config.perception, layout.names, layout.image_size)
+
+
+def perception_kwargs(config: TrainConfig, layout: CameraLayout | None) -> dict[str, Any]:
+    """The perception's hyperparameters: ``perception.kwargs``, or a pretrained checkpoint's."""
+    checkpoint = pretrained_checkpoint(config, layout)
+    return dict(checkpoint["kwargs"] if checkpoint else config.perception.kwargs)
+
+
 def check_perception(config: TrainConfig, layout: CameraLayout | None) -> None:
-    """Build the configured perception once for the env's cameras, so that bad ``kwargs`` fail
-    before any env or model is built (``ConfigError`` quoting the module's message)."""
+    """Build the configured perception once for the env's cameras, so that bad ``kwargs`` (or a
+    pretrained checkpoint that does not fit) fail before any env or model is built
+    (``ConfigError`` quoting the module's message)."""
     if config.perception.name is None or layout is None:
         return
     from kp3d.perception import make_perception
 
+    kwargs = perception_kwargs(config, layout)
     try:
         make_perception(
             config.perception.name,
             num_cameras=len(layout.names),
             image_size=layout.image_size,
-            **config.perception.kwargs,
+            **kwargs,
         )
     except (TypeError, ValueError) as error:
         raise ConfigError(f"'perception.kwargs': {error}") from None
@@ -206,9 +233,10 @@ def policy_arguments(config: TrainConfig, layout: CameraLayout | None) -> tuple[
         "camera_names": list(layout.names),
         "intrinsics": layout.intrinsics.tolist(),
         "extrinsics": None if layout.any_moving else layout.extrinsics.tolist(),
-        "perception_kwargs": dict(config.perception.kwargs),
+        "perception_kwargs": perception_kwargs(config, layout),
         "use_state": config.perception.use_state,
         "projection_dim": config.perception.projection_dim,
+        "freeze_perception": config.perception.freeze,
     }
     return "MultiInputPolicy", kwargs
 
@@ -232,7 +260,20 @@ def ppo_arguments(config: TrainConfig) -> dict[str, Any]:
 
 
 def build_model(config: TrainConfig, env: VecEnv, layout: CameraLayout | None) -> BaseAlgorithm:
-    """A fresh :class:`~agents.ppo.PerceptionPPO` or :class:`~agents.sac.PerceptionSAC`."""
+    """A fresh :class:`~agents.ppo.PerceptionPPO` or :class:`~agents.sac.PerceptionSAC`, its
+    perception starting from ``perception.pretrained`` when the config names a checkpoint."""
+    model = _build_algorithm(config, env, layout)
+    checkpoint = pretrained_checkpoint(config, layout)
+    if checkpoint is not None:
+        from agents.pretrain import load_pretrained_weights
+
+        load_pretrained_weights(model.policy, checkpoint)
+    return model
+
+
+def _build_algorithm(
+    config: TrainConfig, env: VecEnv, layout: CameraLayout | None
+) -> BaseAlgorithm:
     policy, policy_kwargs = policy_arguments(config, layout)
     common = {
         "policy_kwargs": policy_kwargs,
@@ -302,7 +343,9 @@ def make_run_env(
     )
 
 
-def _make_logger(run_dir: Path, verbose: int, suffix: str) -> Logger:
+def make_logger(run_dir: Path, verbose: int, suffix: str) -> Logger:
+    """SB3 logger of a run: CSV (and TensorBoard when installed) in ``run_dir/logs``, stdout when
+    ``verbose``; file names end with ``suffix``."""
     folder = str(run_dir / LOG_DIR)
     formats = ["csv"]
     if verbose >= 1:
@@ -439,7 +482,7 @@ def _learn(config: TrainConfig, run_dir: Path, layout: CameraLayout | None, resu
         else:
             model = build_model(config, env, layout)
         suffix = f"_from_{model.num_timesteps}" if resuming else ""
-        model.set_logger(_make_logger(run_dir, config.verbose, suffix))
+        model.set_logger(make_logger(run_dir, config.verbose, suffix))
 
         callbacks: list[BaseCallback] = []
         if config.checkpoint_freq > 0:
@@ -459,6 +502,24 @@ def _learn(config: TrainConfig, run_dir: Path, layout: CameraLayout | None, resu
             if resuming:
                 _restore_evaluations(evaluation, run_dir / EVAL_DIR / "evaluations.npz")
             callbacks.append(evaluation)
+        if config.video.freq > 0:
+            # Imported here: agents.render loads agents through agents.evaluation, which
+            # imports this module.
+            from agents.render import VideoCallback
+
+            callbacks.append(
+                VideoCallback(
+                    run_dir,
+                    config.env_id,
+                    config.env_kwargs,
+                    config.video.freq,
+                    episodes=config.video.episodes,
+                    deterministic=config.video.deterministic,
+                    max_steps=config.video.max_steps,
+                    seed=config.seed + EVAL_SEED_OFFSET,
+                    verbose=config.verbose,
+                )
+            )
 
         remaining = config.n_timesteps - model.num_timesteps
         if config.verbose >= 1:
@@ -499,8 +560,12 @@ __all__ = [
     "TrainingInterrupted",
     "build_model",
     "create_run_dir",
+    "make_logger",
     "make_run_env",
+    "new_run_dir",
+    "perception_kwargs",
     "policy_arguments",
+    "pretrained_checkpoint",
     "read_run_config",
     "resume",
     "run_name",

@@ -72,6 +72,10 @@ class MultiCameraMujocoEnv(gym.Env, abc.ABC):
     keypoints: ClassVar[tuple[KeypointSpec, ...]] = ()
     limbs: ClassVar[tuple[tuple[str, str], ...]] = ()
     max_episode_steps: ClassVar[int] = 100
+    normalising_length: ClassVar[float | None] = None
+    """A length (m) of the scene that keypoint errors are divided by (PCK at a per-env length,
+    linear-probe landmark errors), like the inter-ocular distance of face landmarks; each task
+    says what it chose. ``None``: not defined, errors are reported in metres only."""
 
     def __init__(
         self,
@@ -296,11 +300,16 @@ class MultiCameraMujocoEnv(gym.Env, abc.ABC):
         """Ground-truth keypoints and camera matrices of the current state (see class docstring)."""
         return self.keypoint_set.ground_truth(self.data, self.cameras)
 
+    def state_observation(self) -> np.ndarray:
+        """The observation of ``obs_mode="state"`` for the current state, in either mode (e.g. for
+        a state-based policy acting in an env that renders)."""
+        state = np.asarray(self.task_state(), dtype=np.float32)
+        return np.clip(state, -self.state_limit, self.state_limit)
+
     def _observation(self) -> Any:
         if self.obs_mode == "state":
             self._last_images = None
-            state = np.asarray(self.task_state(), dtype=np.float32)
-            return np.clip(state, -self.state_limit, self.state_limit)
+            return self.state_observation()
         images = self.render_views()
         self._last_images = images
         observation = {f"cam_{name}": images[i] for i, name in enumerate(self.cameras.names)}

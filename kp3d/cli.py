@@ -6,7 +6,12 @@ Subcommands:
     kp3d train CONFIG [...]    train an agent from a YAML config (configs/*.yaml)
     kp3d train --resume RUN    continue an interrupted run
     kp3d eval RUN [...]        evaluate a trained agent (return, success rate, video)
+    kp3d render RUN [...]      rollout video with the perceived keypoints (MP4 or GIF)
+    kp3d render --env ENV --random-policy [--perception CKPT]   the same without an agent
+    kp3d plot RUN [RUN ...]    learning curves (success rate, return; seeds pooled) as a PNG
     kp3d bench envs [...]      environment throughput benchmark (numbers for BENCHMARKS.md)
+    kp3d dataset ENV --frames N --out DIR   write (or extend) a dataset of frames + ground truth
+    kp3d pretrain CONFIG [...] train a perception module offline on a dataset
 """
 
 from __future__ import annotations
@@ -94,6 +99,109 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _default_video_path(args: argparse.Namespace) -> Path:
+    """RUN_DIR/videos/rollout.mp4; next to a perception checkpoint; else runs/render/."""
+    env = (args.env_id or "").replace("/", "-")
+    if args.run_dir is not None:
+        return Path(args.run_dir) / "videos" / "rollout.mp4"
+    if args.perception is not None:
+        checkpoint = Path(args.perception)
+        return checkpoint.parent / "videos" / f"{checkpoint.stem}__{env}.mp4"
+    return Path("runs") / "render" / f"{env}__random.mp4"
+
+
+def _cmd_render(args: argparse.Namespace) -> int:
+    from agents.render import render_video
+
+    if args.run_dir is None and args.env_id is None:
+        raise ValueError("give a RUN_DIR, or --env ENV_ID with --random-policy")
+    if args.run_dir is None and not args.random_policy:
+        raise ValueError("without a RUN_DIR there is no trained policy: add --random-policy")
+    out = Path(args.out) if args.out is not None else _default_video_path(args)
+    try:
+        result = render_video(
+            args.run_dir,
+            out,
+            env_id=args.env_id,
+            perception=args.perception,
+            random_policy=args.random_policy,
+            episodes=args.episodes,
+            deterministic=args.deterministic,
+            cameras=args.camera,
+            seed=args.seed,
+            max_steps=args.max_steps,
+            upscale=args.upscale,
+            fps=args.fps,
+            device=args.device,
+            progress=True,
+        )
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: nothing written to {out}", file=sys.stderr)
+        return 130
+    print(result.summary())
+    print(f"video: {result.path}")
+    return 0
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from agents.plot import plot_learning_curves
+
+    path = plot_learning_curves(args.run_dirs, out=args.out, spread=args.spread)
+    print(f"figure: {path}")
+    return 0
+
+
+def _cmd_dataset(args: argparse.Namespace) -> int:
+    from agents.dataset import write_dataset
+
+    try:
+        meta = write_dataset(
+            args.env_id,
+            frames=args.frames,
+            out=args.out,
+            policy=args.policy,
+            size=args.size,
+            seed=args.seed,
+            shard_size=args.shard_size,
+        )
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; the frames so far are in {args.out} (re-run to continue)")
+        return 130
+    print(f"{args.out}: {meta['frames']} frames in {len(meta['shards'])} shards")
+    return 0
+
+
+def _cmd_pretrain(args: argparse.Namespace) -> int:
+    from agents.pretrain import (
+        CHECKPOINT_FILE,
+        LOG_DIR,
+        PretrainInterrupted,
+        load_pretrain_config,
+        pretrain,
+        resume_pretrain,
+    )
+
+    if (args.config is None) == (args.resume is None):
+        raise ValueError("give a CONFIG file to start a run, or --resume RUN_DIR to continue one")
+    if args.resume is not None and args.run_dir is not None:
+        raise ValueError("--run-dir names a new run; --resume continues the run it is given")
+    try:
+        if args.resume is not None:
+            run_dir = resume_pretrain(args.resume, args.set)
+        else:
+            run_dir = pretrain(load_pretrain_config(args.config, args.set), run_dir=args.run_dir)
+    except PretrainInterrupted:
+        return 130
+    except KeyboardInterrupt:
+        print("\ninterrupted before the first checkpoint", file=sys.stderr)
+        return 130
+    print(
+        f"run: {run_dir}\ncheckpoint: {run_dir / CHECKPOINT_FILE}\n"
+        f"tensorboard: tensorboard --logdir {run_dir / LOG_DIR}"
+    )
+    return 0
+
+
 def _cmd_bench_envs(args: argparse.Namespace) -> int:
     from envs.benchmark import run_env_benchmark
 
@@ -176,6 +284,148 @@ def build_parser() -> argparse.ArgumentParser:
         "RUN_DIR/videos/eval.mp4)",
     )
     evaluation.set_defaults(handler=_cmd_eval)
+
+    render = commands.add_parser(
+        "render",
+        help="write a rollout video with the perceived keypoints",
+        description="Roll out a trained agent (or random actions) and write an MP4 (a GIF for "
+        "--out FILE.gif, or when ffmpeg is missing). Each frame shows every camera with the "
+        "keypoints the perception places in it, its reconstruction and per-keypoint heatmaps, "
+        "and the learned and ground-truth 3D keypoints in the world; episode, step, return and "
+        "success in the header. A failed or interrupted render leaves no file behind.",
+    )
+    render.add_argument(
+        "run_dir", nargs="?", default=None, help="run directory written by kp3d train"
+    )
+    render.add_argument(
+        "--env",
+        dest="env_id",
+        default=None,
+        help="env id, for rendering without a run directory (with --random-policy)",
+    )
+    render.add_argument(
+        "--perception",
+        default=None,
+        metavar="CHECKPOINT",
+        help="perception checkpoint of kp3d pretrain to draw (with --env and --random-policy)",
+    )
+    render.add_argument(
+        "--random-policy", action="store_true", help="act uniformly at random, not with the agent"
+    )
+    render.add_argument(
+        "--episodes", type=_positive_int, default=1, help="episodes to render (default: 1)"
+    )
+    render.add_argument(
+        "--out",
+        default=None,
+        metavar="FILE",
+        help=".mp4 or .gif (default: RUN_DIR/videos/rollout.mp4; next to the checkpoint; or "
+        "runs/render/)",
+    )
+    render.add_argument(
+        "--deterministic",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="act with the mean action (default) or sample (--no-deterministic)",
+    )
+    render.add_argument(
+        "--camera",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help="cameras to show, in this order (default: all; the agent still sees all)",
+    )
+    render.add_argument(
+        "--max-steps", type=_positive_int, default=None, help="cut episodes after N steps"
+    )
+    render.add_argument(
+        "--seed", type=int, default=None, help="env seed (default: the run's evaluation seed)"
+    )
+    render.add_argument(
+        "--upscale",
+        type=_positive_int,
+        default=None,
+        help="nearest-neighbour upscaling of the views (default: to at least 160 px)",
+    )
+    render.add_argument(
+        "--fps", type=float, default=None, help="frames per second (default: real time)"
+    )
+    render.add_argument("--device", default="auto", help="torch device (default: auto)")
+    render.set_defaults(handler=_cmd_render)
+
+    plot = commands.add_parser(
+        "plot",
+        help="learning curves of runs as a PNG",
+        description="Plot success rate and return against env steps from the periodic "
+        "evaluations of runs (eval/evaluations.npz), runs of one env and experiment name pooled "
+        "across seeds: the mean, with the spread across seeds shaded.",
+    )
+    plot.add_argument(
+        "run_dirs", nargs="+", metavar="RUN_DIR", help="run directories, or folders of runs"
+    )
+    plot.add_argument(
+        "--out",
+        default=None,
+        metavar="FILE",
+        help="image file (default: curves.png in the run, or in the runs' common folder)",
+    )
+    plot.add_argument(
+        "--spread",
+        choices=("minmax", "std"),
+        default="minmax",
+        help="shaded band: min-max across seeds (default) or mean ± one std",
+    )
+    plot.set_defaults(handler=_cmd_plot)
+
+    dataset = commands.add_parser(
+        "dataset",
+        help="write a dataset of frames with ground truth",
+        description="Roll out ENV_ID and write every frame (all cameras, camera matrices, "
+        "keypoints, depth, segmentation, body poses) as compressed shards. Re-running the same "
+        "command continues an interrupted dataset; a larger --frames extends it.",
+    )
+    dataset.add_argument("env_id", help="a kp3d env id, e.g. kp3d/Reach-v0")
+    dataset.add_argument("--frames", type=_positive_int, required=True, help="total frames")
+    dataset.add_argument("--out", required=True, help="dataset directory")
+    dataset.add_argument(
+        "--policy",
+        default="random",
+        help="'random' (default) or the run directory of an agent trained on ENV_ID",
+    )
+    dataset.add_argument(
+        "--size", type=_positive_int, default=None, help="image side (default: the env's)"
+    )
+    dataset.add_argument("--seed", type=int, default=0)
+    dataset.add_argument(
+        "--shard-size", type=_positive_int, default=1000, help="frames per shard (default 1000)"
+    )
+    dataset.set_defaults(handler=_cmd_dataset)
+
+    pretrain = commands.add_parser(
+        "pretrain",
+        help="train a perception module offline on a dataset",
+        description="Train any registered perception module on a `kp3d dataset` directory from a "
+        "YAML config (configs/pretrain/*.yaml), or resume a run. Held-out episodes evaluate it "
+        "(linear-probe landmark error, and PCK for supervised modules); Ctrl-C saves a "
+        "resumable checkpoint.",
+    )
+    pretrain.add_argument("config", nargs="?", help="YAML config file (omit with --resume)")
+    pretrain.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set steps=2000 (repeatable; read as YAML)",
+    )
+    pretrain.add_argument(
+        "--run-dir",
+        default=None,
+        help="directory of the new run (default: runs/pretrain/{env}__{exp}__{seed}__{time})",
+    )
+    pretrain.add_argument(
+        "--resume", default=None, metavar="RUN_DIR", help="continue this run up to its steps"
+    )
+    pretrain.set_defaults(handler=_cmd_pretrain)
 
     bench = commands.add_parser("bench", help="benchmarks")
     targets = bench.add_subparsers(dest="target", required=True, metavar="TARGET")

@@ -112,6 +112,8 @@ class MultiReachEnv(MultiCameraMujocoEnv):
         for start, end in ReachEnv.limbs
     )
     max_episode_steps = 100
+    normalising_length = ReachEnv.normalising_length
+    """The upper arm's length (m) of one arm, as in :class:`~envs.tasks.reach.ReachEnv`."""
 
     # -- physics queries ----------------------------------------------------------------------
     def fingertip_to_target(self, arm: int) -> np.ndarray:

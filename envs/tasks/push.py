@@ -121,6 +121,9 @@ class PushEnv(MultiCameraMujocoEnv):
     )
     limbs = ()
     max_episode_steps = 150
+    normalising_length = 0.07
+    """The cube's side (m): the scale of the object being pushed (an error of one cube side
+    puts the pusher beside the cube instead of on it)."""
 
     # -- physics queries ----------------------------------------------------------------------
     def pusher_xy(self) -> np.ndarray:

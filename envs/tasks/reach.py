@@ -141,6 +141,9 @@ class ReachEnv(MultiCameraMujocoEnv):
     )
     limbs = (("base", "elbow"), ("elbow", "fingertip"))
     max_episode_steps = 100
+    normalising_length = 0.15
+    """The upper arm's length (m, base to elbow keypoint): the arm's own scale, as a person's
+    torso or head size normalises PCK."""
 
     # -- physics queries ----------------------------------------------------------------------
     @functools.cached_property

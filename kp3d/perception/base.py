@@ -136,10 +136,12 @@ class Perception(nn.Module, abc.ABC):
 
     Attributes:
         keypoint_frame: ``"world"`` if ``PerceptionOutput.keypoints`` are world points,
-            ``"image"`` if they are per-view pixels.
+            ``"image"`` if they are per-view pixels. A class default that an instance may
+            override when its hyperparameters decide the frame (e.g. ``hourglass`` with
+            ``triangulate=True``): read it from the module, not the class.
     """
 
-    keypoint_frame: ClassVar[KeypointFrame] = "world"
+    keypoint_frame: KeypointFrame = "world"
 
     requires_labels: ClassVar[bool] = False
     """Whether :meth:`training_losses` needs the ground truth of a :class:`~kp3d.batch.FrameBatch`

@@ -228,3 +228,126 @@ def camera_centers(extrinsics: Array) -> Array:
     """
     _check_matrices(extrinsics, "extrinsics", 4)
     return camera_to_world(extrinsics[..., None, :3, 3] * 0.0, extrinsics)[..., 0, :]
+
+
+def _where(condition: Array, a: Array | float, b: Array | float) -> Array:
+    """``np.where`` / ``torch.where`` by the backend of ``condition``."""
+    if isinstance(condition, np.ndarray):
+        return np.where(condition, a, b)
+    import torch
+
+    return torch.where(condition, a, b)
+
+
+def _constant_like(value: np.ndarray, like: Array) -> Array:
+    """A NumPy constant in the backend, dtype and device of ``like``."""
+    if isinstance(like, np.ndarray):
+        return value.astype(like.dtype)
+    import torch
+
+    return torch.as_tensor(value, dtype=like.dtype, device=like.device)
+
+
+def _smallest_right_singular_vector(matrices: Array) -> Array:
+    """``(*, M, 4)`` with ``M >= 4`` → ``(*, 4)`` unit vectors minimising ``||A x||``."""
+    if isinstance(matrices, np.ndarray):
+        return np.linalg.svd(matrices)[2][..., -1, :]
+    import torch
+
+    # full_matrices=False: the reduced SVD has a backward pass (M >= 4 gives all four vectors).
+    return torch.linalg.svd(matrices, full_matrices=False).Vh[..., -1, :]
+
+
+def triangulate(
+    points: Array,
+    intrinsics: Array,
+    extrinsics: Array,
+    weights: Array | None = None,
+    eps: float = DEPTH_EPS,
+) -> Array:
+    """Confidence-weighted linear (DLT) triangulation of points seen by several cameras.
+
+    For each point ``k``, every camera ``c`` adds two rows to a homogeneous system ``A X = 0`` in
+    the world point ``X = (x, y, z, 1)``:
+
+    ``w_ck (x̂_ck P_c³ - P_c¹)`` and ``w_ck (ŷ_ck P_c³ - P_c²)``,
+
+    where ``P_cⁱ`` is row ``i`` of ``[R_c | t_c]`` (the top of ``extrinsics``) and
+    ``(x̂, ŷ) = ((u - cx) / fx, (v - cy) / fy)`` are the observation's normalised image coordinates
+    (the inverse of :func:`project_camera`'s pinhole model). The solution is the right singular
+    vector of ``A`` for its smallest singular value, dehomogenised. Working in normalised rather
+    than pixel coordinates keeps ``A`` well conditioned whatever the focal length (Hartley's
+    normalisation of the image side). Each row's residual is the camera-frame depth times the
+    angular error ``x̂ - x̂(X)``: an algebraic, not a reprojection, error; noise-free observations
+    from two or more distinct camera centres give the point exactly.
+
+    Rows are *multiplied* by the weights (residuals weighted by ``w²``, as in the algebraic
+    triangulation of Iskakov et al., ICCV 2019), so scaling all weights of a point changes
+    nothing, and an observation of weight 0 is ignored whatever its pixels hold (NaN included:
+    neither the value nor a gradient reaches the result). Differentiable for tensors (through
+    ``torch.linalg.svd``, whose gradient is finite while the two smallest singular values of
+    ``A`` differ: true for any point seen from two distinct centres).
+
+    Args:
+        points: ``(*, C, K, 2)`` pixels ``(u, v)`` of ``K`` points in each of ``C`` cameras.
+        intrinsics: ``(*, C, 3, 3)`` camera matrices (leading dimensions broadcast).
+        extrinsics: ``(*, C, 4, 4)`` world→camera transforms.
+        weights: ``(*, C, K)`` non-negative confidence of each observation (e.g. a heatmap's peak
+            value); ``None``: all 1.
+        eps: smallest ``|X₄|`` divisor: a point at infinity (parallel rays) comes out far away
+            but finite.
+
+    Returns:
+        ``(*, K, 3)`` world points; NaN for a point seen in fewer than two cameras with positive
+        weight (no unique solution).
+
+    Example:
+        >>> K = np.array([[50.0, 0, 32], [0, 50.0, 32], [0, 0, 1]])
+        >>> T = np.stack([np.eye(4), np.eye(4)])
+        >>> T[1, 0, 3] = -0.5  # the second camera 0.5 m to the right of the first
+        >>> point = np.array([[0.1, -0.2, 2.0]])
+        >>> pixels = np.stack([project(point, K, T[c])[0] for c in range(2)])  # (C, K, 2)
+        >>> triangulate(pixels, np.stack([K, K]), T).round(6)
+        array([[ 0.1, -0.2,  2. ]])
+    """
+    if points.ndim < 3 or points.shape[-1] != 2:
+        raise ValueError(f"points must have shape (*, C, K, 2); got {tuple(points.shape)}")
+    count, num_points = points.shape[-3], points.shape[-2]
+    for matrices, name, size in ((intrinsics, "intrinsics", 3), (extrinsics, "extrinsics", 4)):
+        if matrices.ndim < 3 or tuple(matrices.shape[-3:]) != (count, size, size):
+            raise ValueError(
+                f"{name} must have shape (*, C, {size}, {size}) with C = {count} cameras as in "
+                f"points {tuple(points.shape)}; got {tuple(matrices.shape)}"
+            )
+    if weights is None:
+        weights = points[..., 0] * 0.0 + 1.0
+    elif weights.ndim < 2 or tuple(weights.shape[-2:]) != (count, num_points):
+        raise ValueError(
+            f"weights must have shape (*, {count}, {num_points}) to match points "
+            f"{tuple(points.shape)}; got {tuple(weights.shape)}"
+        )
+
+    used = weights > 0  # (*, C, K)
+    # Zero what is ignored before any arithmetic, so that NaN pixels cannot poison A or gradients.
+    points = _where(used[..., None], points, 0.0)
+    weights = _where(used, weights, 0.0)
+    focal, centre = _focal_and_centre(intrinsics)
+    normalized = (points - centre) / focal  # (*, C, K, 2)
+    projection = extrinsics[..., None, :3, :]  # (*, C, 1, 3, 4)
+    rows = normalized[..., None] * projection[..., 2:3, :] - projection[..., :2, :]
+    rows = rows * weights[..., None, None]  # (*, C, K, 2, 4)
+    system = rows.swapaxes(-4, -3)  # (*, K, C, 2, 4)
+    system = system.reshape(*system.shape[:-3], 2 * count, 4)
+    if 2 * count < 4:  # one camera: zero rows complete the reduced SVD's four vectors
+        system = _concat([system, system * 0.0], axis=-2)
+
+    # A point without two views has no unique solution: solve a harmless stand-in system instead
+    # (so that the SVD and its gradient stay finite) and report NaN.
+    valid = used.sum(-2) >= 2  # (*, K)
+    stand_in = np.zeros(tuple(system.shape[-2:]))
+    stand_in[:4] = np.diag([4.0, 3.0, 2.0, 1.0])  # distinct singular values: a finite gradient
+    system = _where(valid[..., None, None], system, _constant_like(stand_in, system))
+    homogeneous = _smallest_right_singular_vector(system)  # (*, K, 4)
+    scale = homogeneous[..., 3:]
+    scale = _where(scale >= 0, scale.clip(min=eps), scale.clip(max=-eps))
+    return _where(valid[..., None], homogeneous[..., :3] / scale, float("nan"))

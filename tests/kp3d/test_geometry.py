@@ -479,3 +479,167 @@ class TestErrors:
 def re_shape(shape: tuple[int, ...]) -> str:
     """A regex matching ``shape`` as Python prints a tuple."""
     return re.escape(str(tuple(shape)))
+
+
+# -- triangulation ---------------------------------------------------------------------------------
+
+
+def look_at_extrinsics(rng: np.random.Generator, count: int, distance: float = 2.0) -> np.ndarray:
+    """``(count, 4, 4)`` world→camera transforms of cameras on a sphere around the origin, each
+    looking at it (OpenCV axes: z forward, y down)."""
+    transforms = np.zeros((count, 4, 4))
+    transforms[:, 3, 3] = 1.0
+    for c in range(count):
+        direction = rng.normal(size=3)
+        direction[2] = abs(direction[2]) + 0.3  # above the scene, like the envs' cameras
+        centre = distance * direction / np.linalg.norm(direction)
+        forward = -centre / np.linalg.norm(centre)
+        right = np.cross(forward, [0.0, 0.0, 1.0])
+        right /= np.linalg.norm(right)
+        down = np.cross(forward, right)
+        rotation = np.stack([right, down, forward])  # rows: camera axes in world coordinates
+        transforms[c, :3, :3] = rotation
+        transforms[c, :3, 3] = -rotation @ centre
+    return transforms
+
+
+def observe(points: np.ndarray, K: np.ndarray, T: np.ndarray) -> np.ndarray:
+    """``(*, C, N, 2)`` pixels of ``points (*, N, 3)`` in every camera of ``K, T (*, C, ...)``."""
+    return project(points[..., None, :, :], K, T)[0]
+
+
+@pytest.fixture
+def scene(rng) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Two samples of 3 cameras looking at 5 points near the origin: ``points (2, 5, 3)``,
+    ``K (2, 3, 3, 3)``, ``T (2, 3, 4, 4)`` and ``pixels (2, 3, 5, 2)``."""
+    T = np.stack([look_at_extrinsics(rng, 3) for _ in range(2)])
+    K = np.stack([random_intrinsics(rng, 3) for _ in range(2)])
+    points = rng.uniform(-0.3, 0.3, size=(2, 5, 3))
+    return points, K, T, observe(points, K, T)
+
+
+class TestTriangulate:
+    def test_exact_on_noise_free_views(self, scene, backend) -> None:
+        to, back = backend
+        points, K, T, pixels = scene
+        result = back(geometry.triangulate(to(pixels), to(K), to(T)))
+        assert result.shape == (2, 5, 3)
+        np.testing.assert_allclose(result, points, atol=1e-9)
+
+    def test_two_views_suffice(self, scene) -> None:
+        points, K, T, pixels = scene
+        result = geometry.triangulate(pixels[:, :2], K[:, :2], T[:, :2])
+        np.testing.assert_allclose(result, points, atol=1e-9)
+
+    def test_shared_intrinsics_broadcast_over_the_batch(self, scene) -> None:
+        points, _, T, _ = scene
+        K = random_intrinsics(np.random.default_rng(1), 3)  # (C, 3, 3) for every sample
+        pixels = observe(points, K, T)
+        np.testing.assert_allclose(geometry.triangulate(pixels, K, T), points, atol=1e-9)
+
+    def test_float32_accuracy_at_the_envs_scale(self, scene) -> None:
+        points, K, T, pixels = scene
+        single = geometry.triangulate(
+            *(torch.tensor(a, dtype=torch.float32) for a in (pixels, K, T))
+        )
+        assert single.dtype == torch.float32
+        np.testing.assert_allclose(single.numpy(), points, atol=1e-4)  # a tenth of a millimetre
+
+    def test_weights_downweight_an_outlier_view(self, rng) -> None:
+        T, K = look_at_extrinsics(rng, 4), random_intrinsics(rng, 4)
+        points = rng.uniform(-0.3, 0.3, size=(6, 3))
+        pixels = observe(points, K, T)
+        pixels[3] += 8.0  # camera 3 sees every point 8 px off
+        weights = np.ones((4, 6))
+        uniform = np.linalg.norm(geometry.triangulate(pixels, K, T, weights) - points, axis=-1)
+        weights[3] = 0.01
+        downweighted = geometry.triangulate(pixels, K, T, weights)
+        down_error = np.linalg.norm(downweighted - points, axis=-1)
+        assert np.all(uniform > 1e-3)  # the outlier moves the unweighted solution by millimetres
+        assert np.all(down_error < uniform / 20)
+        weights[3] = 0.0  # ignored altogether: exact again
+        np.testing.assert_allclose(geometry.triangulate(pixels, K, T, weights), points, atol=1e-9)
+
+    def test_weights_scale_invariant(self, scene, backend) -> None:
+        to, back = backend
+        _, K, T, pixels = scene
+        weights = np.random.default_rng(2).uniform(0.1, 1.0, size=(2, 3, 5))
+        pixels = pixels + np.random.default_rng(3).normal(scale=0.5, size=pixels.shape)
+        one = back(geometry.triangulate(to(pixels), to(K), to(T), to(weights)))
+        scaled = back(geometry.triangulate(to(pixels), to(K), to(T), to(weights * 7.0)))
+        np.testing.assert_allclose(one, scaled, atol=1e-9)
+
+    def test_fewer_than_two_weighted_views_give_nan(self, scene, backend) -> None:
+        to, back = backend
+        points, K, T, pixels = scene
+        weights = np.ones((2, 3, 5))
+        weights[0, 1:, 0] = 0.0  # sample 0, point 0: one view left
+        weights[1, :, 2] = 0.0  # sample 1, point 2: no view
+        result = back(geometry.triangulate(to(pixels), to(K), to(T), to(weights)))
+        assert np.isnan(result[0, 0]).all() and np.isnan(result[1, 2]).all()
+        finite = np.ones((2, 5), dtype=bool)
+        finite[0, 0] = finite[1, 2] = False
+        np.testing.assert_allclose(result[finite], points[finite], atol=1e-9)
+
+    def test_single_camera_gives_nan(self, scene, backend) -> None:
+        to, back = backend
+        _, K, T, pixels = scene
+        result = back(geometry.triangulate(to(pixels[:, :1]), to(K[:, :1]), to(T[:, :1])))
+        assert result.shape == (2, 5, 3) and np.isnan(result).all()
+
+    def test_ignored_views_may_hold_nan(self, scene) -> None:
+        """A zero-weight observation is ignored, NaN pixels included, gradients too."""
+        points, K, T, pixels = scene
+        pixels = pixels.copy()
+        pixels[:, 2] = np.nan
+        weights = np.ones((2, 3, 5))
+        weights[:, 2] = 0.0
+        np.testing.assert_allclose(geometry.triangulate(pixels, K, T, weights), points, atol=1e-9)
+        pixels_t, K_t, T_t, weights_t = to_torch(pixels, K, T, weights, grad=True)
+        geometry.triangulate(pixels_t, K_t, T_t, weights_t).sum().backward()
+        for tensor in (pixels_t, K_t, T_t, weights_t):
+            assert torch.isfinite(tensor.grad).all()
+        assert (pixels_t.grad[:, 2] == 0).all() and (weights_t.grad[:, 2] == 0).all()
+
+    def test_gradient_of_degenerate_points_is_finite(self, scene) -> None:
+        _, K, T, pixels = scene
+        weights = np.ones((2, 3, 5))
+        weights[:, 1:, 0] = 0.0
+        inputs = to_torch(pixels, K, T, weights, grad=True)
+        result = geometry.triangulate(*inputs)
+        torch.nan_to_num(result).sum().backward()
+        assert all(torch.isfinite(tensor.grad).all() for tensor in inputs)
+
+    def test_gradcheck(self, rng) -> None:
+        T, K = look_at_extrinsics(rng, 3), random_intrinsics(rng, 3)
+        points = rng.uniform(-0.3, 0.3, size=(2, 3))
+        pixels = observe(points, K, T) + rng.normal(scale=0.5, size=(3, 2, 2))
+        weights = rng.uniform(0.2, 1.0, size=(3, 2))
+        assert torch.autograd.gradcheck(
+            geometry.triangulate, to_torch(pixels, K, T, weights, grad=True)
+        )
+
+    def test_gradient_moves_the_point_with_the_pixel(self, scene) -> None:
+        """Moving a pixel along the image u axis moves the point along the camera's x axis."""
+        _, K, T, pixels = scene
+        pixels_t, K_t, T_t = to_torch(pixels[0], K[0], T[0])
+        pixels_t.requires_grad_(True)
+        point = geometry.triangulate(pixels_t, K_t, T_t)[0]  # point 0 of sample 0
+        camera_x = torch.tensor(T[0, 0, 0, :3])
+        (point @ camera_x).backward()
+        assert pixels_t.grad[0, 0, 0] > 0  # u of camera 0 pushes the point along its x
+
+    @pytest.mark.parametrize(
+        ("points", "K", "T", "weights", "match"),
+        [
+            ((3, 5, 3), (3, 3, 3), (3, 4, 4), None, r"points must have shape.*\(3, 5, 3\)"),
+            ((5, 2), (3, 3, 3), (3, 4, 4), None, r"points must have shape.*\(5, 2\)"),
+            ((3, 5, 2), (2, 3, 3), (3, 4, 4), None, r"intrinsics.*C = 3.*\(2, 3, 3\)"),
+            ((3, 5, 2), (3, 3, 3), (3, 3, 4), None, r"extrinsics.*\(3, 3, 4\)"),
+            ((3, 5, 2), (3, 3, 3), (3, 4, 4), (5, 3), r"weights.*3, 5\).*\(5, 3\)"),
+        ],
+    )
+    def test_rejects_bad_shapes(self, points, K, T, weights, match) -> None:
+        weights = None if weights is None else np.ones(weights)
+        with pytest.raises(ValueError, match=match):
+            geometry.triangulate(np.zeros(points), np.zeros(K), np.zeros(T), weights)

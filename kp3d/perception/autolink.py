@@ -1,0 +1,568 @@
+"""AutoLink: keypoints and a graph linking them, learnt by inpainting a heavily masked image.
+
+He, Wandt and Rhodin, "AutoLink: Self-supervised Learning of Human Skeletons and Object Outlines
+by Linking Keypoints", NeurIPS 2022 (METHODS.md §2, "Unsupervised landmark learners"). Per view:
+
+1. a detector maps the image to ``K`` heatmap logits; a spatial softmax and its expected
+   position give ``K`` keypoints ``p_1..p_K``;
+2. every pair ``i < j`` of keypoints is drawn as an *edge heatmap*: a Gaussian of the distance of
+   each pixel to the segment ``[p_i, p_j]``, ``S_ij(q) = exp(-d(q, [p_i, p_j])² / τ)``
+   (:func:`edge_heatmaps`; ``d`` in coordinates spanning ``[-1, 1]`` across the image, ``τ`` the
+   edge thickness);
+3. a ``K x K`` matrix of edge weights, *shared by all images* and learnt with the networks
+   (symmetric, non-negative: ``w_ij = softplus(θ_ij)``, :meth:`AutoLink.edge_weights`), scales
+   the edges; the edge map is their maximum, ``S(q) = max_{i<j} w_ij S_ij(q)`` (the paper's
+   choice over the sum);
+4. a decoder (a U-Net) reconstructs the image from the edge map concatenated with the image
+   *heavily masked*: the image is cut into a ``mask_blocks x mask_blocks`` grid and each block is
+   removed with probability ``mask_ratio`` (the paper's 16 x 16 blocks, 80 %), then scaled by a
+   learnt factor (the reference's ``alpha``);
+5. the loss is the reconstruction error. The paper's is a perceptual loss on a pretrained VGG-16;
+   no pretrained network can be downloaded here, so the default is a multi-scale L1 plus an SSIM
+   term (:func:`multiscale_l1`, :func:`kornia.losses.ssim_loss`), and the perceptual loss is used
+   when a VGG-16 weights file is given (``perceptual_weights``, :class:`PerceptualLoss`).
+
+Little of the image gets through the mask, so the decoder must take the shapes from the edge
+map: the keypoints learn to sit on the joints of the parts, and the weights to link those that
+belong together (the skeleton).
+
+Per-view keypoints: the ``C`` cameras of a sample are folded into the batch (shared weights); the
+keypoints of every view are reported in full-image pixels (``keypoint_frame`` is ``"image"``,
+camera-major). The loss needs one frame only, so training offline and jointly with RL is the
+same ``forward``.
+
+Differences from the reference code (``xingzhehe/AutoLink``), for CPU-sized 64 px views: no batch
+normalisation (under an RL agent the batch statistics would differ between rollouts and updates),
+``base_filters=8`` instead of 64 (a training step on 16 samples of three 64 px views takes about
+2 s on one CPU core; the edge maps of the 28 pairs of 8 keypoints at full resolution take a fifth
+of it), one resolution level fewer in the detector and the decoder
+(64 px instead of 128 px), and, by default, the loss above instead of the perceptual one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import kornia
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kp3d.perception.base import (
+    Perception,
+    PerceptionOutput,
+    PerceptionVisuals,
+    register_perception,
+)
+from kp3d.perception.keypoint2d import normalized_coordinates
+from kp3d.spatial import EPS, cell_centers, heatmap_to_image, soft_argmax, spatial_softmax
+
+
+def segment_squared_distances(
+    starts: torch.Tensor,
+    ends: torch.Tensor,
+    u: torch.Tensor,
+    v: torch.Tensor,
+    eps: float = EPS,
+) -> torch.Tensor:
+    """Squared Euclidean distance of every point of a grid to line segments.
+
+    ``d² = ||q - (a + t (b - a))||²`` with ``t = clip(<q - a, b - a> / ||b - a||², 0, 1)``, the
+    foot of the perpendicular clamped to the segment (so beyond an end, the distance to that end).
+
+    Args:
+        starts: ``(*, P, 2)`` segment ends ``a``.
+        ends: ``(*, P, 2)`` segment ends ``b``.
+        u: ``(W,)`` the grid's first coordinates (columns).
+        v: ``(H,)`` the grid's second coordinates (rows): ``q = (u_j, v_i)``.
+        eps: smallest ``||b - a||²`` divisor (a degenerate segment is its point).
+
+    Returns:
+        ``(*, P, H, W)`` squared distances.
+    """
+    direction = ends - starts  # (*, P, 2)
+    du = u - starts[..., 0, None, None]  # (*, P, 1, W)
+    dv = v[:, None] - starts[..., 1, None, None]  # (*, P, H, 1)
+    length = direction.square().sum(-1)[..., None, None].clamp(min=eps)  # (*, P, 1, 1)
+    projection = du * direction[..., 0, None, None] + dv * direction[..., 1, None, None]
+    t = (projection / length).clamp(0.0, 1.0)
+    # ||q - a - t (b - a)||² = ||q - a||² - t (2 <q - a, b - a> - t ||b - a||²): fewer full-size
+    # tensors than forming the difference vectors.
+    return (du.square() + dv.square() - t * (2.0 * projection - t * length)).clamp(min=0.0)
+
+
+def edge_heatmaps(
+    keypoints: torch.Tensor, image_size: Sequence[int], thickness: float
+) -> torch.Tensor:
+    """One heatmap per pair of keypoints: a Gaussian of the distance to the segment joining them.
+
+    ``S_ij(q) = exp(-d(q, [p_i, p_j])² / τ)`` at every pixel centre ``q``, with distances measured
+    in coordinates spanning ``[-1, 1]`` across the image (:func:`normalized_coordinates`), as in
+    the paper; on a square image of side ``L`` that is a Gaussian of standard deviation
+    ``sqrt(τ / 2) · L / 2`` pixels across the segment.
+
+    Args:
+        keypoints: ``(N, K, 2)`` full-image pixels ``(u, v)``.
+        image_size: ``(H, W)``.
+        thickness: ``τ``.
+
+    Returns:
+        ``(N, K (K - 1) / 2, H, W)`` maps in ``[0, 1]``, pairs ``(i, j)``, ``i < j``, in the order
+        of ``torch.triu_indices(K, K, 1)``.
+    """
+    if keypoints.ndim != 3 or keypoints.shape[-1] != 2:
+        raise ValueError(f"keypoints must have shape (N, K, 2); got {tuple(keypoints.shape)}")
+    height, width = image_size
+    count = keypoints.shape[1]
+    first, second = torch.triu_indices(count, count, 1, device=keypoints.device)
+    coordinates = normalized_coordinates(keypoints, (height, width))
+    u, v = cell_centers(height, width, device=keypoints.device, dtype=keypoints.dtype)
+    u, v = 2.0 * u / width - 1.0, 2.0 * v / height - 1.0
+    squared = segment_squared_distances(coordinates[:, first], coordinates[:, second], u, v)
+    return torch.exp(-squared / thickness)
+
+
+def multiscale_l1(
+    reconstructions: torch.Tensor, targets: torch.Tensor, scales: int = 3
+) -> torch.Tensor:
+    """Mean absolute error at full, half, quarter... resolution (2x2 average pooling), averaged.
+
+    Args:
+        reconstructions: ``(N, ch, H, W)``.
+        targets: ``(N, ch, H, W)``.
+        scales: number of resolutions.
+
+    Returns:
+        Scalar.
+    """
+    total = reconstructions.new_zeros(())
+    for scale in range(scales):
+        if scale:
+            reconstructions = F.avg_pool2d(reconstructions, 2)
+            targets = F.avg_pool2d(targets, 2)
+        total = total + F.l1_loss(reconstructions, targets)
+    return total / scales
+
+
+def random_block_mask(
+    count: int,
+    image_size: Sequence[int],
+    blocks: int,
+    ratio: float,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """AutoLink's mask: a ``blocks x blocks`` grid over each image, each block removed with
+    probability ``ratio``.
+
+    Args:
+        count: ``N`` masks.
+        image_size: ``(H, W)``.
+        blocks: blocks per side (the paper: 16).
+        ratio: probability of removing a block (the paper: 0.8).
+        generator: random source (on ``device``), or ``None`` for torch's global one.
+        device: device of the result.
+
+    Returns:
+        ``(N, 1, H, W)`` float, 1 where the image is kept.
+    """
+    keep = torch.rand(count, 1, blocks, blocks, generator=generator, device=device) >= ratio
+    return F.interpolate(keep.float(), size=tuple(image_size), mode="nearest")
+
+
+VGG16_LAYERS: tuple[int | str, ...] = (64, 64, "M", 128, 128, "M", *(256,) * 3, "M", *(512,) * 3)
+"""VGG-16's convolutions up to ``relu4_3`` (``"M"``: 2x2 max pooling), as in torchvision's
+``vgg16().features[:23]``."""
+
+VGG16_BLOCKS = ((0, 4), (4, 9), (9, 16), (16, 23))
+"""The slices of those layers whose outputs the perceptual loss compares (``relu1_2``,
+``relu2_2``, ``relu3_3``, ``relu4_3``), as in AutoLink's reference loss."""
+
+
+def vgg16_features() -> nn.Sequential:
+    """VGG-16's ``features[:23]`` with torchvision's layer indices (so that a torchvision VGG-16
+    state dict loads): 3x3 convs with ReLU, 2x2 max pooling."""
+    layers: list[nn.Module] = []
+    channels = 3
+    for entry in VGG16_LAYERS:
+        if entry == "M":
+            layers.append(nn.MaxPool2d(2, 2))
+        else:
+            layers += [nn.Conv2d(channels, int(entry), 3, padding=1), nn.ReLU()]
+            channels = int(entry)
+    return nn.Sequential(*layers)
+
+
+class PerceptualLoss(nn.Module):
+    """AutoLink's perceptual loss: ``Σ_blocks L1(φ_b(x̂), φ_b(x))`` on a frozen VGG-16.
+
+    Images in ``[0, 1]`` are normalised with ImageNet's mean and std and resized (bilinear) to
+    ``image_size`` (the reference: 224) before the network; the four blocks end at ``relu1_2``,
+    ``relu2_2``, ``relu3_3`` and ``relu4_3`` (:data:`VGG16_BLOCKS`).
+
+    Args:
+        weights: path of a ``torch.save``-d state dict of VGG-16: torchvision's
+            (``features.0.weight``, ..., the ``classifier`` entries are ignored) or of
+            :func:`vgg16_features` alone (``0.weight``, ...).
+        image_size: side the images are resized to.
+
+    Raises:
+        FileNotFoundError: if ``weights`` does not exist.
+        ValueError: if it is not a state dict holding VGG-16's first ten convolutions with the
+            right shapes (the message lists what is missing or mismatched).
+    """
+
+    def __init__(self, weights: str | Path, image_size: int = 224) -> None:
+        super().__init__()
+        self.network = vgg16_features()
+        self.network.load_state_dict(_vgg_state_dict(Path(weights), self.network.state_dict()))
+        self.network.requires_grad_(False)
+        self.image_size = int(image_size)
+        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
+
+    def forward(self, reconstructions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Perceptual distance of ``reconstructions (N, 3, H, W)`` to ``targets (N, 3, H, W)``,
+        both in ``[0, 1]``; a scalar."""
+        size = (self.image_size, self.image_size)
+        x, y = ((images - self.mean) / self.std for images in (reconstructions, targets))
+        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
+        total = x.new_zeros(())
+        for start, stop in VGG16_BLOCKS:
+            block = self.network[start:stop]
+            x, y = block(x), block(y)
+            total = total + F.l1_loss(x, y)
+        return total
+
+
+def _vgg_state_dict(path: Path, expected: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise FileNotFoundError(f"perceptual_weights: no file at {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several types for foreign files
+        raise ValueError(f"perceptual_weights: {path} is not a torch state dict: {error}") from None
+    if not isinstance(payload, dict):
+        raise ValueError(f"perceptual_weights: {path} holds a {type(payload).__name__}, not a dict")
+    state = {}
+    for name, reference in expected.items():
+        value = payload.get(f"features.{name}", payload.get(name))
+        if not isinstance(value, torch.Tensor):
+            found = sorted(payload)[:8]
+            raise ValueError(
+                f"perceptual_weights: {path} lacks VGG-16's {name!r} (or 'features.{name}'); "
+                f"expected the keys {sorted(expected)} (torchvision's vgg16 state dict works), "
+                f"found {found}{' ...' if len(payload) > 8 else ''}"
+            )
+        if value.shape != reference.shape:
+            raise ValueError(
+                f"perceptual_weights: {path}: {name!r} has shape {tuple(value.shape)}, VGG-16's "
+                f"is {tuple(reference.shape)}"
+            )
+        state[name] = value.to(reference.dtype)
+    return state
+
+
+class ResidualDown(nn.Module):
+    """The detector's residual block: ``conv 3x3 → /2 → LReLU → conv 3x3`` plus a ``conv 3x3 →
+    /2`` shortcut, then LeakyReLU(0.2); the halving is bilinear, as in the reference."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.main = nn.Sequential(
+            nn.Conv2d(in_channels, out_channels, 3, padding=1),
+            nn.Upsample(scale_factor=0.5, mode="bilinear", align_corners=False),
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(out_channels, out_channels, 3, padding=1),
+        )
+        self.shortcut = nn.Sequential(
+            nn.Conv2d(in_channels, out_channels, 3, padding=1),
+            nn.Upsample(scale_factor=0.5, mode="bilinear", align_corners=False),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.leaky_relu(self.main(x) + self.shortcut(x), 0.2)
+
+
+def _down(in_channels: int, out_channels: int) -> nn.Sequential:
+    """U-Net down block: conv 3x3, LReLU, conv 3x3, /2 (bilinear), LReLU."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 3, padding=1),
+        nn.LeakyReLU(0.2),
+        nn.Conv2d(out_channels, out_channels, 3, padding=1),
+        nn.Upsample(scale_factor=0.5, mode="bilinear", align_corners=False),
+        nn.LeakyReLU(0.2),
+    )
+
+
+def _up(in_channels: int, out_channels: int) -> nn.Sequential:
+    """U-Net up block: x2 (bilinear), conv 3x3, LReLU, conv 3x3, LReLU."""
+    return nn.Sequential(
+        nn.Upsample(scale_factor=2.0, mode="bilinear", align_corners=False),
+        nn.Conv2d(in_channels, out_channels, 3, padding=1),
+        nn.LeakyReLU(0.2),
+        nn.Conv2d(out_channels, out_channels, 3, padding=1),
+        nn.LeakyReLU(0.2),
+    )
+
+
+class EdgeUNet(nn.Module):
+    """AutoLink's decoder: a U-Net from ``[alpha · masked image, edge map]`` (4 channels) to RGB.
+
+    Levels (``f`` = base filters, 64 px input): ``conv → f`` at 64, down blocks to ``2f`` at 32,
+    ``4f`` at 16 and ``4f`` at 8, up blocks back with the skip connections concatenated, and a
+    last 3x3 conv to 3 channels.
+    """
+
+    def __init__(self, base_filters: int) -> None:
+        super().__init__()
+        f = base_filters
+        self.stem = nn.Sequential(nn.Conv2d(4, f, 3, padding=1), nn.LeakyReLU(0.2))
+        self.down1 = _down(f, 2 * f)
+        self.down2 = _down(2 * f, 4 * f)
+        self.down3 = _down(4 * f, 4 * f)
+        self.up1, self.up2, self.up3 = _up(4 * f, 4 * f), _up(8 * f, 2 * f), _up(4 * f, f)
+        self.head = nn.Conv2d(2 * f, 3, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, 4, H, W)`` → ``(N, 3, H, W)``; ``H, W`` multiples of 8."""
+        full = self.stem(x)
+        half = self.down1(full)
+        quarter = self.down2(half)
+        eighth = self.down3(quarter)
+        y = torch.cat([self.up1(eighth), quarter], dim=1)
+        y = torch.cat([self.up2(y), half], dim=1)
+        y = torch.cat([self.up3(y), full], dim=1)
+        return self.head(y)
+
+
+@register_perception("autolink")
+class AutoLink(Perception):
+    """AutoLink (He et al., NeurIPS 2022): ``K`` keypoints per view and a learnt graph linking
+    them (see the module docstring).
+
+    Architecture (``f`` = ``base_filters``): the detector is three :class:`ResidualDown` blocks
+    (``f``, ``2f``, ``4f``; 64 → 8 px), one up block (``2f``, 8 → 16 px) and a 3x3 conv to ``K``
+    logits: heatmaps at a quarter of the image's resolution, as the reference's 32 x 32 of 128 px.
+    The decoder is an :class:`EdgeUNet`. ``H`` and ``W`` must be multiples of 8.
+
+    Args:
+        num_cameras: ``C``.
+        image_size: ``H`` or ``(H, W)`` of every view.
+        num_keypoints: ``K`` per view (the paper: 4-32 by dataset).
+        base_filters: ``f``.
+        edge_thickness: ``τ`` of :func:`edge_heatmaps`. The reference's 2.5e-3 at 128 px draws
+            edges 2.3 px wide (standard deviation); the default 1e-2 keeps that width in pixels
+            at 64 px.
+        edge_lr_scale: the edge weights are ``softplus(θ · edge_lr_scale)`` (the reference's
+            ``sklr = 512``: under Adam this multiplies their learning rate), initialised at
+            ``θ = (N(0, 1) / 10 - 4) / edge_lr_scale`` (weights about 0.018).
+        mask_blocks: blocks per side of the mask (the paper: 16).
+        mask_ratio: fraction of blocks removed (the paper: 0.8).
+        reconstruction_weight: weight of the reconstruction loss.
+        ssim_weight: weight of the SSIM term (``kornia.losses.ssim_loss``, 5 px window) added to
+            the multi-scale L1 (3 scales) in the default loss; 0 for L1 alone.
+        perceptual_weights: a VGG-16 weights file (:class:`PerceptualLoss`): the loss becomes
+            the paper's perceptual loss. The network is loaded here and kept out of the state
+            dict (it is not learnt), so rebuilding a saved module needs the file again.
+        perceptual_size: side the images are resized to for the perceptual loss (the
+            reference: 224).
+
+    In eval mode the mask is drawn from a fixed seed, so ``forward`` is deterministic.
+
+    Outputs (``forward``): ``features (B, 2 C K)``, the keypoints' ``(u, v)`` normalised to
+    ``[-1, 1]`` across the image, camera-major; ``keypoints (B, C K, 2)`` full-image pixels;
+    ``confidence None``; ``losses {"reconstruction"}``; visuals with the keypoints, the softmax
+    heatmaps ``(B, C, K, S_h, S_w)`` and the reconstructions.
+    """
+
+    keypoint_frame = "image"
+
+    def __init__(
+        self,
+        num_cameras: int,
+        image_size: int | Sequence[int],
+        *,
+        num_keypoints: int = 8,
+        base_filters: int = 8,
+        edge_thickness: float = 1e-2,
+        edge_lr_scale: float = 512.0,
+        mask_blocks: int = 16,
+        mask_ratio: float = 0.8,
+        reconstruction_weight: float = 1.0,
+        ssim_weight: float = 1.0,
+        perceptual_weights: str | None = None,
+        perceptual_size: int = 224,
+    ) -> None:
+        super().__init__(num_cameras, image_size)
+        if not isinstance(num_keypoints, int) or num_keypoints < 2:
+            raise ValueError(
+                f"num_keypoints must be an int >= 2 (edges link pairs); got {num_keypoints!r}"
+            )
+        if not isinstance(base_filters, int) or base_filters < 1:
+            raise ValueError(f"base_filters must be a positive int; got {base_filters!r}")
+        if any(side % 8 for side in self.image_size):
+            raise ValueError(
+                f"AutoLink needs image sides that are multiples of 8; got {image_size}"
+            )
+        for name, value in (("edge_thickness", edge_thickness), ("edge_lr_scale", edge_lr_scale)):
+            if not value > 0:
+                raise ValueError(f"{name} must be positive; got {value!r}")
+        if not isinstance(mask_blocks, int) or mask_blocks < 1:
+            raise ValueError(f"mask_blocks must be a positive int; got {mask_blocks!r}")
+        if not 0 <= mask_ratio < 1:
+            raise ValueError(f"mask_ratio must be in [0, 1); got {mask_ratio!r}")
+        for name, value in (
+            ("reconstruction_weight", reconstruction_weight),
+            ("ssim_weight", ssim_weight),
+        ):
+            if not value >= 0:
+                raise ValueError(f"{name} must be non-negative; got {value!r}")
+        self.num_keypoints = num_keypoints
+        self.edge_thickness = float(edge_thickness)
+        self.edge_lr_scale = float(edge_lr_scale)
+        self.mask_blocks = mask_blocks
+        self.mask_ratio = float(mask_ratio)
+        self.reconstruction_weight = float(reconstruction_weight)
+        self.ssim_weight = float(ssim_weight)
+        self.heatmap_size = (self.image_size[0] // 4, self.image_size[1] // 4)
+
+        f = base_filters
+        self.detector = nn.Sequential(
+            ResidualDown(3, f),
+            ResidualDown(f, 2 * f),
+            ResidualDown(2 * f, 4 * f),
+            nn.Upsample(scale_factor=2.0, mode="bilinear", align_corners=False),
+            nn.Conv2d(4 * f, 2 * f, 3, padding=1),
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(2 * f, num_keypoints, 3, padding=1),
+        )
+        self.edge_logits = nn.Parameter(
+            (torch.randn(num_keypoints, num_keypoints) / 10.0 - 4.0) / self.edge_lr_scale
+        )
+        self.image_scale = nn.Parameter(torch.tensor(1.0))  # the reference's alpha
+        self.decoder = EdgeUNet(f)
+        # Frozen, and kept out of the state dict and of parameters(): held in a plain tuple.
+        self._perceptual: tuple[PerceptualLoss, ...] = ()
+        if perceptual_weights is not None:
+            self._perceptual = (PerceptualLoss(perceptual_weights, perceptual_size),)
+
+    @property
+    def features_dim(self) -> int:
+        """``2 C K``: ``(u, v)`` per camera and keypoint."""
+        return 2 * self.num_cameras * self.num_keypoints
+
+    def edge_weights(self) -> torch.Tensor:
+        """``(K, K)`` the learnt edge weights: symmetric, non-negative, zero on the diagonal."""
+        weights = torch.triu(F.softplus(self.edge_logits * self.edge_lr_scale), diagonal=1)
+        return weights + weights.T
+
+    def detect(self, views: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Heatmaps and keypoints of views.
+
+        Args:
+            views: ``(N, 3, H, W)`` in ``[0, 1]``.
+
+        Returns:
+            ``heatmaps (N, K, S_h, S_w)`` (each sums to 1) and ``keypoints (N, K, 2)`` in
+            full-image pixels.
+        """
+        heatmaps = spatial_softmax(self.detector(views * 2.0 - 1.0))
+        keypoints = heatmap_to_image(soft_argmax(heatmaps), self.heatmap_size, self.image_size)
+        return heatmaps, keypoints
+
+    def edge_map(self, keypoints: torch.Tensor) -> torch.Tensor:
+        """``S = max_{i<j} w_ij S_ij``: ``keypoints (N, K, 2)`` pixels → ``(N, 1, H, W)``."""
+        first, second = torch.triu_indices(
+            self.num_keypoints, self.num_keypoints, 1, device=keypoints.device
+        )
+        weights = self.edge_weights()[first, second]
+        edges = edge_heatmaps(keypoints, self.image_size, self.edge_thickness)
+        return (edges * weights[:, None, None]).amax(dim=1, keepdim=True)
+
+    def masks(self, count: int, device: torch.device) -> torch.Tensor:
+        """``(N, 1, H, W)`` block masks (1 = kept): random in training, a fixed draw in eval."""
+        generator = None
+        if not self.training:
+            generator = torch.Generator(device=device).manual_seed(0)
+        return random_block_mask(
+            count, self.image_size, self.mask_blocks, self.mask_ratio, generator, device
+        )
+
+    def reconstruct(self, views: torch.Tensor, keypoints: torch.Tensor) -> torch.Tensor:
+        """Decode views from their keypoints' edge map and their masked pixels.
+
+        Args:
+            views: ``(N, 3, H, W)`` in ``[0, 1]``.
+            keypoints: ``(N, K, 2)`` pixels.
+
+        Returns:
+            ``(N, 3, H, W)`` reconstructions, about ``[0, 1]``.
+        """
+        masked = (views * 2.0 - 1.0) * self.masks(len(views), views.device).to(views.dtype)
+        inputs = torch.cat([masked * self.image_scale, self.edge_map(keypoints)], dim=1)
+        return self.decoder(inputs) * 0.5 + 0.5
+
+    def reconstruction_loss(
+        self, reconstructions: torch.Tensor, views: torch.Tensor
+    ) -> torch.Tensor:
+        """Unweighted loss of ``reconstructions (N, 3, H, W)`` against ``views (N, 3, H, W)``:
+        the perceptual loss if a weights file was given, else multi-scale L1 plus SSIM."""
+        if self._perceptual:
+            perceptual = self._perceptual[0].to(device=views.device, dtype=views.dtype)
+            return perceptual(reconstructions, views)
+        loss = multiscale_l1(reconstructions, views)
+        if self.ssim_weight > 0:
+            ssim = kornia.losses.ssim_loss(reconstructions, views, window_size=5)
+            loss = loss + self.ssim_weight * ssim
+        return loss
+
+    def forward(
+        self,
+        images: torch.Tensor,
+        intrinsics: torch.Tensor,
+        extrinsics: torch.Tensor,
+        compute_losses: bool = True,
+    ) -> PerceptionOutput:
+        """See :class:`kp3d.perception.Perception`; the matrices are validated but not used."""
+        self.check_inputs(images, intrinsics, extrinsics)
+        batch, count = images.shape[:2]
+        views = images.flatten(0, 1)
+        heatmaps, keypoints = self.detect(views)
+        pixels = keypoints.reshape(batch, count, self.num_keypoints, 2)
+
+        losses: dict[str, torch.Tensor] = {}
+        reconstructions = None
+        if compute_losses and self.reconstruction_weight > 0:
+            reconstructions = self.reconstruct(views, keypoints)
+            losses["reconstruction"] = self.reconstruction_weight * self.reconstruction_loss(
+                reconstructions, views
+            )
+            reconstructions = reconstructions.detach().reshape(images.shape)
+        return PerceptionOutput(
+            features=normalized_coordinates(pixels, self.image_size).flatten(1),
+            keypoints=pixels.flatten(1, 2),
+            losses=losses,
+            visuals=PerceptionVisuals(
+                points=pixels.detach(),
+                detections=pixels.detach(),
+                heatmaps=heatmaps.detach().reshape(batch, count, *heatmaps.shape[1:]),
+                reconstructions=reconstructions,
+            ),
+        )
+
+
+__all__ = [
+    "VGG16_BLOCKS",
+    "VGG16_LAYERS",
+    "AutoLink",
+    "EdgeUNet",
+    "PerceptualLoss",
+    "edge_heatmaps",
+    "multiscale_l1",
+    "random_block_mask",
+    "segment_squared_distances",
+    "vgg16_features",
+]

@@ -1,0 +1,168 @@
+"""Tests of factorized spatial embeddings (:mod:`kp3d.perception.fse`, Thewlis et al. 2017).
+
+An oracle detector that finds a planted red dot is equivariant by construction: its alignment
+loss on warped pairs must be ~0, and that of a detector that ignores the image must not be.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kp3d.perception import (
+    FactorizedSpatialEmbeddings,
+    PerceptionOutput,
+    available_perceptions,
+    make_perception,
+)
+from kp3d.perception.fse import diversity_loss
+from kp3d.perception.keypoint2d import normalized_coordinates
+from kp3d.spatial import gaussian_maps
+
+IMAGE = 32
+
+
+def cameras(count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Valid ``intrinsics (C, 3, 3)`` and ``extrinsics (C, 4, 4)``; FSE ignores them."""
+    intrinsics = torch.tensor([[40.0, 0.0, 16.0], [0.0, 40.0, 16.0], [0.0, 0.0, 1.0]])
+    return intrinsics.expand(count, 3, 3), torch.eye(4).expand(count, 4, 4)
+
+
+def small_model(num_cameras: int = 2, **kwargs) -> FactorizedSpatialEmbeddings:
+    torch.manual_seed(0)
+    options = {"num_keypoints": 3, "base_filters": 4, **kwargs}
+    return make_perception("fse", num_cameras=num_cameras, image_size=IMAGE, **options)
+
+
+def dot_images(count: int, seed: int, size: int = IMAGE) -> tuple[torch.Tensor, torch.Tensor]:
+    """Grey ``(N, 3, H, W)`` images with one red dot (std 1 px) each, and the dots' pixels
+    ``(N, 2)``, in the central half of the image (so that warps keep them inside)."""
+    generator = torch.Generator().manual_seed(seed)
+    pixels = torch.rand(count, 2, generator=generator) * size / 2 + size / 4
+    dot = gaussian_maps(pixels, 1.0, size)  # (N, H, W), peak 1
+    grey = torch.full((count, 3, size, size), 0.5)
+    red = torch.stack([0.5 + 0.5 * dot, 0.5 - 0.5 * dot, 0.5 - 0.5 * dot], dim=1)
+    return torch.where(dot[:, None] > 1e-3, red, grey), pixels
+
+
+class DotOracle(FactorizedSpatialEmbeddings):
+    """FSE whose every heatmap is the red mass of the image pooled onto the heatmap grid: its
+    landmarks are the red dot's centroid, wherever a warp moves the dot."""
+
+    def detect(self, images: torch.Tensor) -> torch.Tensor:
+        redness = (images[:, 0] - images[:, 1:].mean(dim=1)).clamp(min=0.0)
+        pooled = torch.nn.functional.avg_pool2d(redness[:, None], IMAGE // self.heatmap_size[0])
+        return (pooled + 1e-9).log().expand(-1, self.num_keypoints, -1, -1)
+
+
+class ConstantDetector(FactorizedSpatialEmbeddings):
+    """FSE whose heatmaps ignore the image: uniform maps, landmarks at the image centre."""
+
+    def detect(self, images: torch.Tensor) -> torch.Tensor:
+        return images.new_zeros(images.shape[0], self.num_keypoints, *self.heatmap_size)
+
+
+def test_registered() -> None:
+    assert "fse" in available_perceptions()
+
+
+@pytest.mark.parametrize(("num_cameras", "stride", "grid"), [(1, 2, 16), (2, 4, 8), (3, 1, 32)])
+def test_output_contract(num_cameras, stride, grid) -> None:
+    model = small_model(num_cameras, heatmap_stride=stride).train()
+    images = torch.rand(2, num_cameras, 3, IMAGE, IMAGE)
+    output = model(images, *cameras(num_cameras))
+    assert isinstance(output, PerceptionOutput) and model.keypoint_frame == "image"
+    assert model.heatmap_size == (grid, grid)
+    assert output.features.shape == (2, model.features_dim) == (2, 2 * num_cameras * 3)
+    assert output.keypoints.shape == (2, num_cameras * 3, 2)
+    assert output.confidence is None
+    assert set(output.losses) == {"equivariance", "diversity"}
+    assert all(term.ndim == 0 and torch.isfinite(term) for term in output.losses.values())
+    visuals = output.visuals
+    assert visuals.points.shape == visuals.detections.shape == (2, num_cameras, 3, 2)
+    assert visuals.heatmaps.shape == (2, num_cameras, 3, grid, grid)
+    torch.testing.assert_close(visuals.heatmaps.sum(dim=(-2, -1)), torch.ones(2, num_cameras, 3))
+    torch.testing.assert_close(output.keypoints, visuals.points.flatten(1, 2))
+    torch.testing.assert_close(
+        output.features, normalized_coordinates(visuals.points, (IMAGE, IMAGE)).flatten(1)
+    )
+    assert (output.keypoints >= 0).all() and (output.keypoints <= IMAGE).all()
+    assert model(images, *cameras(num_cameras), compute_losses=False).losses == {}
+
+
+def test_eval_is_deterministic_and_zero_weights_drop_terms() -> None:
+    model = small_model().eval()
+    images = torch.rand(2, 2, 3, IMAGE, IMAGE)
+    one, two = model(images, *cameras(2)), model(images, *cameras(2))
+    for name in one.losses:
+        torch.testing.assert_close(one.losses[name], two.losses[name], rtol=0, atol=0)
+    assert set(small_model(diversity_weight=0.0)(images, *cameras(2)).losses) == {"equivariance"}
+
+
+def test_diversity_loss() -> None:
+    # Disjoint one-hot maps: no cell is shared, the loss is 0.
+    disjoint = torch.zeros(2, 3, 4, 4)
+    disjoint[:, 0, 0, 0] = disjoint[:, 1, 2, 3] = disjoint[:, 2, 3, 1] = 1.0
+    torch.testing.assert_close(diversity_loss(disjoint), torch.zeros(2))
+    # Identical maps: K - 1, whatever they are.
+    identical = torch.rand(4, 4).div(16.0)
+    identical = (identical / identical.sum()).expand(2, 3, 4, 4)
+    torch.testing.assert_close(diversity_loss(identical), torch.full((2,), 2.0))
+    # Two maps sharing half their mass: 0.5.
+    halves = torch.zeros(2, 4, 4)
+    halves[0, 0, 0] = halves[0, 1, 1] = halves[1, 1, 1] = halves[1, 2, 2] = 0.5
+    torch.testing.assert_close(diversity_loss(halves), torch.tensor(0.5))
+    with pytest.raises(ValueError, match=r"\(\*, K, S_h, S_w\)"):
+        diversity_loss(torch.zeros(4, 4))
+
+
+def test_equivariance_loss_is_zero_for_an_equivariant_oracle_and_large_for_a_constant() -> None:
+    images, pixels = dot_images(16, seed=0)
+    images = images[:, None]  # one camera
+    torch.manual_seed(1)
+    oracle = DotOracle(1, IMAGE, num_keypoints=2, equivariance_weight=1.0, diversity_weight=0.0)
+    found = oracle.eval()(images, *cameras(1))
+    # The oracle finds the dots (its maps are the dots' red mass).
+    torch.testing.assert_close(found.keypoints[:, 0], pixels, atol=0.05, rtol=0)
+    aligned = oracle.train()(images, *cameras(1)).losses["equivariance"]
+    constant = ConstantDetector(1, IMAGE, num_keypoints=2, equivariance_weight=1.0)
+    misaligned = constant.train()(images, *cameras(1)).losses["equivariance"]
+    # Normalised units: 1 px is 2 / IMAGE. The oracle follows the warps to ~0.1 px; they move
+    # the image centre by pixels, which the constant detector cannot follow.
+    pixel = 2.0 / IMAGE
+    assert aligned < (0.15 * pixel) ** 2, aligned
+    assert misaligned > (0.75 * pixel) ** 2, misaligned
+
+
+def test_training_decreases_the_loss_on_a_fixed_batch() -> None:
+    model = small_model(num_cameras=1, num_keypoints=2)
+    images, _ = dot_images(4, seed=2)
+    images = images[:, None]
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+
+    def total_loss() -> torch.Tensor:
+        torch.manual_seed(7)  # the same warps at every evaluation
+        return model.train()(images, *cameras(1)).total_loss()
+
+    with torch.no_grad():
+        before = total_loss().item()
+    for _ in range(15):
+        loss = model.train()(images, *cameras(1)).total_loss()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        after = total_loss().item()
+    assert after < 0.7 * before, (before, after)
+
+
+def test_errors() -> None:
+    with pytest.raises(ValueError, match="divisible by heatmap_stride"):
+        make_perception("fse", num_cameras=1, image_size=(62, 64), heatmap_stride=4)
+    with pytest.raises(ValueError, match="heatmap_stride must be 1, 2 or 4"):
+        make_perception("fse", num_cameras=1, image_size=64, heatmap_stride=3)
+    with pytest.raises(ValueError, match="diversity_weight must be non-negative"):
+        make_perception("fse", num_cameras=1, image_size=64, diversity_weight=-1.0)
+    model = small_model()
+    with pytest.raises(ValueError, match="images must have shape"):
+        model(torch.rand(2, 3, 3, IMAGE, IMAGE), *cameras(3))

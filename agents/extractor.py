@@ -163,6 +163,7 @@ class PerceptionExtractor(BaseFeaturesExtractor):
         self.last_losses: dict[str, torch.Tensor] = {}
         self.last_visuals = PerceptionVisuals()
         self._compute_losses = False
+        self._given_features: torch.Tensor | None = None
 
     def train(self, mode: bool = True) -> PerceptionExtractor:
         """Set training mode; a frozen perception stays in eval mode (no augmentations, no
@@ -184,6 +185,41 @@ class PerceptionExtractor(BaseFeaturesExtractor):
         finally:
             self._compute_losses = previous
             self.last_losses = {}
+
+    @contextlib.contextmanager
+    def given_perception_features(self, features: torch.Tensor | None) -> Iterator[None]:
+        """Within the block, :meth:`forward` takes the frozen perception's features from
+        ``features (B, F)`` (rows in the order of the observations it is given) instead of running
+        the perception. A frozen perception is a fixed function of the observation, so features
+        computed once per rollout (:meth:`perception_features`) serve every PPO epoch exactly.
+        ``None`` leaves :meth:`forward` as it is.
+
+        Raises:
+            RuntimeError: if the perception is not frozen (its features change with every step).
+        """
+        if features is not None and not self.frozen:
+            raise RuntimeError("only a frozen perception's features can be given in advance")
+        previous = self._given_features
+        self._given_features = features
+        try:
+            yield
+        finally:
+            self._given_features = previous
+
+    @torch.no_grad()
+    def perception_features(
+        self, observations: Mapping[str, torch.Tensor], chunk_size: int = 256
+    ) -> torch.Tensor:
+        """``(B, F)`` features of the (frozen) perception for preprocessed observations, computed
+        ``chunk_size`` observations at a time without gradients."""
+        count = len(next(iter(observations.values())))
+        chunks = [
+            self.perceive(
+                {key: value[start : start + chunk_size] for key, value in observations.items()}
+            ).features
+            for start in range(0, count, chunk_size)
+        ]
+        return torch.cat(chunks)
 
     def camera_images(self, observations: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """``(B, C, 3, H, W)`` float images in camera order from (preprocessed) observations."""
@@ -211,12 +247,27 @@ class PerceptionExtractor(BaseFeaturesExtractor):
 
     def forward(self, observations: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """``(B, features_dim)`` policy features from a batch of preprocessed observations."""
+        if self._given_features is not None:
+            features = self._given_features
+            batch = len(next(iter(observations.values())))
+            if features.shape[0] != batch:
+                raise ValueError(
+                    f"given perception features are for {features.shape[0]} observations; the "
+                    f"batch has {batch}"
+                )
+            return self._combine(features, observations)
         output = self.perceive(
             observations, compute_losses=self._compute_losses and not self.frozen
         )
         self.last_losses = output.losses
         self.last_visuals = output.visuals
-        features = output.features.detach() if self.detach_features else output.features
+        return self._combine(output.features, observations)
+
+    def _combine(
+        self, features: torch.Tensor, observations: Mapping[str, torch.Tensor]
+    ) -> torch.Tensor:
+        """Perception features (+ proprioception) through the projection layer."""
+        features = features.detach() if self.detach_features else features
         if self.use_state:
             features = torch.cat([features, observations[STATE_KEY].flatten(1).float()], dim=1)
         return self.projection(features)

@@ -647,7 +647,15 @@ def pretrained_perception(
         differences.append(
             f"camera names: the checkpoint's are {list(names)}, the env's {list(camera_names)}"
         )
-    if perception.kwargs and dict(perception.kwargs) != dict(payload["kwargs"]):
+    # The checkpoint stores initialisation files as None (Perception.initialisation_files): a
+    # config that still names the file agrees with it.
+    try:
+        files = set(perception_class(payload["name"]).initialisation_files)
+    except ValueError:  # an unknown method: reported below as a difference of method
+        files = set()
+    if perception.kwargs and {
+        key: value for key, value in perception.kwargs.items() if key not in files
+    } != {key: value for key, value in payload["kwargs"].items() if key not in files}:
         differences.append(
             f"kwargs: the checkpoint's are {payload['kwargs']}, perception.kwargs are "
             f"{perception.kwargs} (leave perception.kwargs empty to use the checkpoint's)"

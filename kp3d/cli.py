@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 
@@ -62,23 +62,39 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_train(args: argparse.Namespace) -> int:
-    from agents.config import load_config
-    from agents.training import LOG_DIR, TrainingInterrupted, resume, train
-
+def _start_or_resume(
+    args: argparse.Namespace,
+    start: Callable[[], Path],
+    resume: Callable[[], Path],
+    interrupted: type[BaseException],
+) -> Path | None:
+    """Run ``start()`` (a CONFIG was given) or ``resume()`` (``--resume RUN_DIR``) for a command
+    made by :func:`_add_run_arguments`; the run directory, or ``None`` when interrupted (exit
+    code 130; ``interrupted`` is the runner's "saved a checkpoint and stopped" exception)."""
     if (args.config is None) == (args.resume is None):
         raise ValueError("give a CONFIG file to start a run, or --resume RUN_DIR to continue one")
     if args.resume is not None and args.run_dir is not None:
         raise ValueError("--run-dir names a new run; --resume continues the run it is given")
     try:
-        if args.resume is not None:
-            run_dir = resume(args.resume, args.set)
-        else:
-            run_dir = train(load_config(args.config, args.set), run_dir=args.run_dir)
-    except TrainingInterrupted:
-        return 130
+        return resume() if args.resume is not None else start()
+    except interrupted:
+        return None
     except KeyboardInterrupt:
         print("\ninterrupted before the first checkpoint", file=sys.stderr)
+        return None
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from agents.config import load_config
+    from agents.training import LOG_DIR, TrainingInterrupted, resume, train
+
+    run_dir = _start_or_resume(
+        args,
+        start=lambda: train(load_config(args.config, args.set), run_dir=args.run_dir),
+        resume=lambda: resume(args.resume, args.set),
+        interrupted=TrainingInterrupted,
+    )
+    if run_dir is None:
         return 130
     print(f"run: {run_dir}\ntensorboard: tensorboard --logdir {run_dir / LOG_DIR}")
     return 0
@@ -181,19 +197,13 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
         resume_pretrain,
     )
 
-    if (args.config is None) == (args.resume is None):
-        raise ValueError("give a CONFIG file to start a run, or --resume RUN_DIR to continue one")
-    if args.resume is not None and args.run_dir is not None:
-        raise ValueError("--run-dir names a new run; --resume continues the run it is given")
-    try:
-        if args.resume is not None:
-            run_dir = resume_pretrain(args.resume, args.set)
-        else:
-            run_dir = pretrain(load_pretrain_config(args.config, args.set), run_dir=args.run_dir)
-    except PretrainInterrupted:
-        return 130
-    except KeyboardInterrupt:
-        print("\ninterrupted before the first checkpoint", file=sys.stderr)
+    run_dir = _start_or_resume(
+        args,
+        start=lambda: pretrain(load_pretrain_config(args.config, args.set), run_dir=args.run_dir),
+        resume=lambda: resume_pretrain(args.resume, args.set),
+        interrupted=PretrainInterrupted,
+    )
+    if run_dir is None:
         return 130
     print(
         f"run: {run_dir}\ncheckpoint: {run_dir / CHECKPOINT_FILE}\n"
@@ -242,38 +252,20 @@ def build_parser() -> argparse.ArgumentParser:
         "directory holds the resolved config, checkpoints, TensorBoard logs and evaluations; "
         "Ctrl-C saves a resumable checkpoint.",
     )
-    train.add_argument("config", nargs="?", help="YAML config file (omit with --resume)")
-    train.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key, e.g. --set ppo.learning_rate=1e-4 (repeatable; the value "
-        "is read as YAML)",
-    )
-    train.add_argument(
-        "--run-dir",
-        default=None,
-        help="directory of the new run (default: runs/{env}__{exp}__{seed}__{time}); it must "
-        "not hold anything yet",
-    )
-    train.add_argument(
-        "--resume",
-        default=None,
-        metavar="RUN_DIR",
-        help="continue this run from its checkpoint up to its n_timesteps",
+    _add_run_arguments(
+        train,
+        set_help="override a config key, e.g. --set ppo.learning_rate=1e-4 (repeatable; the "
+        "value is read as YAML)",
+        run_dir_help="directory of the new run (default: runs/{env}__{exp}__{seed}__{time}); it "
+        "must not hold anything yet",
+        resume_help="continue this run from its checkpoint up to its n_timesteps",
     )
     train.set_defaults(handler=_cmd_train)
 
     evaluation = commands.add_parser("eval", help="evaluate a trained agent")
     evaluation.add_argument("run_dir", help="run directory written by kp3d train")
     evaluation.add_argument("--episodes", type=_positive_int, default=10)
-    evaluation.add_argument(
-        "--deterministic",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="act with the mean action (default) or sample (--no-deterministic)",
-    )
+    _add_deterministic_argument(evaluation)
     evaluation.add_argument(
         "--video",
         nargs="?",
@@ -322,12 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=".mp4 or .gif (default: RUN_DIR/videos/rollout.mp4; next to the checkpoint; or "
         "runs/render/)",
     )
-    render.add_argument(
-        "--deterministic",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="act with the mean action (default) or sample (--no-deterministic)",
-    )
+    _add_deterministic_argument(render)
     render.add_argument(
         "--camera",
         nargs="+",
@@ -409,21 +396,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(linear-probe landmark error, and PCK for supervised modules); Ctrl-C saves a "
         "resumable checkpoint.",
     )
-    pretrain.add_argument("config", nargs="?", help="YAML config file (omit with --resume)")
-    pretrain.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key, e.g. --set steps=2000 (repeatable; read as YAML)",
-    )
-    pretrain.add_argument(
-        "--run-dir",
-        default=None,
-        help="directory of the new run (default: runs/pretrain/{env}__{exp}__{seed}__{time})",
-    )
-    pretrain.add_argument(
-        "--resume", default=None, metavar="RUN_DIR", help="continue this run up to its steps"
+    _add_run_arguments(
+        pretrain,
+        set_help="override a config key, e.g. --set steps=2000 (repeatable; read as YAML)",
+        run_dir_help="directory of the new run (default: "
+        "runs/pretrain/{env}__{exp}__{seed}__{time})",
+        resume_help="continue this run up to its steps",
     )
     pretrain.set_defaults(handler=_cmd_pretrain)
 
@@ -448,6 +426,28 @@ def build_parser() -> argparse.ArgumentParser:
     bench_envs.add_argument("--json", default=None, help="also write the results as JSON here")
     bench_envs.set_defaults(handler=_cmd_bench_envs)
     return parser
+
+
+def _add_run_arguments(
+    parser: argparse.ArgumentParser, *, set_help: str, run_dir_help: str, resume_help: str
+) -> None:
+    """The arguments of a command that starts a run from a YAML config or resumes one:
+    ``config``, ``--set KEY=VALUE``, ``--run-dir`` and ``--resume RUN_DIR`` (read by
+    :func:`_start_or_resume`)."""
+    parser.add_argument("config", nargs="?", help="YAML config file (omit with --resume)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
+    parser.add_argument("--run-dir", default=None, help=run_dir_help)
+    parser.add_argument("--resume", default=None, metavar="RUN_DIR", help=resume_help)
+
+
+def _add_deterministic_argument(parser: argparse.ArgumentParser) -> None:
+    """``--deterministic/--no-deterministic`` of the commands that roll out an agent."""
+    parser.add_argument(
+        "--deterministic",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="act with the mean action (default) or sample (--no-deterministic)",
+    )
 
 
 def _positive_int(text: str) -> int:

@@ -52,10 +52,13 @@ from torch import nn
 from kp3d.perception.base import (
     Perception,
     PerceptionOutput,
-    PerceptionVisuals,
+    check_non_negative,
+    check_positive,
+    check_positive_ints,
     register_perception,
 )
-from kp3d.perception.keypoint2d import normalized_coordinates
+from kp3d.perception.keypoint2d import image_keypoint_output, normalized_coordinates
+from kp3d.perception.layers import conv_relu
 from kp3d.spatial import EPS, cell_centers, heatmap_to_image, soft_argmax, spatial_softmax
 
 
@@ -189,7 +192,7 @@ def vgg16_features() -> nn.Sequential:
         if entry == "M":
             layers.append(nn.MaxPool2d(2, 2))
         else:
-            layers += [nn.Conv2d(channels, int(entry), 3, padding=1), nn.ReLU()]
+            layers += conv_relu(channels, int(entry))
             channels = int(entry)
     return nn.Sequential(*layers)
 
@@ -366,7 +369,12 @@ class AutoLink(Perception):
             the multi-scale L1 (3 scales) in the default loss; 0 for L1 alone.
         perceptual_weights: a VGG-16 weights file (:class:`PerceptualLoss`): the loss becomes
             the paper's perceptual loss. The network is loaded here and kept out of the state
-            dict (it is not learnt), so rebuilding a saved module needs the file again.
+            dict (it is not learnt), so rebuilding a saved module needs the file again. It is
+            deliberately not one of :attr:`~kp3d.perception.Perception.initialisation_files`:
+            the file defines the training loss, which the weights do not hold, so a checkpoint
+            keeps the path and a loaded or resumed module (``kp3d pretrain --resume``, an agent's
+            auxiliary loss) keeps the perceptual loss, or fails loudly if the file is gone,
+            rather than silently training with the default loss.
         perceptual_size: side the images are resized to for the perceptual loss (the
             reference: 224).
 
@@ -401,25 +409,16 @@ class AutoLink(Perception):
             raise ValueError(
                 f"num_keypoints must be an int >= 2 (edges link pairs); got {num_keypoints!r}"
             )
-        if not isinstance(base_filters, int) or base_filters < 1:
-            raise ValueError(f"base_filters must be a positive int; got {base_filters!r}")
+        check_positive_ints(base_filters=base_filters)
         if any(side % 8 for side in self.image_size):
             raise ValueError(
                 f"AutoLink needs image sides that are multiples of 8; got {image_size}"
             )
-        for name, value in (("edge_thickness", edge_thickness), ("edge_lr_scale", edge_lr_scale)):
-            if not value > 0:
-                raise ValueError(f"{name} must be positive; got {value!r}")
-        if not isinstance(mask_blocks, int) or mask_blocks < 1:
-            raise ValueError(f"mask_blocks must be a positive int; got {mask_blocks!r}")
+        check_positive(edge_thickness=edge_thickness, edge_lr_scale=edge_lr_scale)
+        check_positive_ints(mask_blocks=mask_blocks)
         if not 0 <= mask_ratio < 1:
             raise ValueError(f"mask_ratio must be in [0, 1); got {mask_ratio!r}")
-        for name, value in (
-            ("reconstruction_weight", reconstruction_weight),
-            ("ssim_weight", ssim_weight),
-        ):
-            if not value >= 0:
-                raise ValueError(f"{name} must be non-negative; got {value!r}")
+        check_non_negative(reconstruction_weight=reconstruction_weight, ssim_weight=ssim_weight)
         self.num_keypoints = num_keypoints
         self.edge_thickness = float(edge_thickness)
         self.edge_lr_scale = float(edge_lr_scale)
@@ -528,11 +527,8 @@ class AutoLink(Perception):
     ) -> PerceptionOutput:
         """See :class:`kp3d.perception.Perception`; the matrices are validated but not used."""
         self.check_inputs(images, intrinsics, extrinsics)
-        batch, count = images.shape[:2]
         views = images.flatten(0, 1)
         heatmaps, keypoints = self.detect(views)
-        pixels = keypoints.reshape(batch, count, self.num_keypoints, 2)
-
         losses: dict[str, torch.Tensor] = {}
         reconstructions = None
         if compute_losses and self.reconstruction_weight > 0:
@@ -540,17 +536,13 @@ class AutoLink(Perception):
             losses["reconstruction"] = self.reconstruction_weight * self.reconstruction_loss(
                 reconstructions, views
             )
-            reconstructions = reconstructions.detach().reshape(images.shape)
-        return PerceptionOutput(
-            features=normalized_coordinates(pixels, self.image_size).flatten(1),
-            keypoints=pixels.flatten(1, 2),
-            losses=losses,
-            visuals=PerceptionVisuals(
-                points=pixels.detach(),
-                detections=pixels.detach(),
-                heatmaps=heatmaps.detach().reshape(batch, count, *heatmaps.shape[1:]),
-                reconstructions=reconstructions,
-            ),
+        return image_keypoint_output(
+            keypoints,
+            heatmaps,
+            self.num_cameras,
+            self.image_size,
+            losses,
+            reconstructions=reconstructions,
         )
 
 

@@ -122,6 +122,41 @@ def _size_pair(size: int | Sequence[int]) -> tuple[int, int]:
     return int(pair[0]), int(pair[1])
 
 
+def check_positive_ints(**values: object) -> None:
+    """Check hyperparameters that count something: each must be an ``int >= 1``.
+
+    Example: ``check_positive_ints(num_keypoints=num_keypoints, base_filters=base_filters)``.
+
+    Raises:
+        ValueError: naming the first (in argument order) that is not, with its value.
+    """
+    for name, value in values.items():
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int; got {value!r}")
+
+
+def check_positive(**values: float) -> None:
+    """Check scale-like hyperparameters (widths, margins, standard deviations): each ``> 0``.
+
+    Raises:
+        ValueError: naming the first (in argument order) that is not (NaN is not), with its value.
+    """
+    for name, value in values.items():
+        if not value > 0:
+            raise ValueError(f"{name} must be positive; got {value!r}")
+
+
+def check_non_negative(**values: float) -> None:
+    """Check loss weights and augmentation strengths: each ``>= 0`` (0 switches a term off).
+
+    Raises:
+        ValueError: naming the first (in argument order) that is not (NaN is not), with its value.
+    """
+    for name, value in values.items():
+        if not value >= 0:
+            raise ValueError(f"{name} must be non-negative; got {value!r}")
+
+
 class Perception(nn.Module, abc.ABC):
     """Base class of every perception method: images of calibrated cameras → policy features.
 
@@ -151,6 +186,15 @@ class Perception(nn.Module, abc.ABC):
     uses_pairs: ClassVar[bool] = False
     """Whether :meth:`training_losses` reads :attr:`FrameBatch.pair` (a second frame of the same
     episode per sample); datasets then sample pairs."""
+
+    initialisation_files: ClassVar[tuple[str, ...]] = ()
+    """Hyperparameters that name a file read only to initialise weights that the state dict then
+    holds (e.g. ``d2net``'s ``trunk_weights``). :func:`save_perception` stores them as ``None``
+    and :func:`load_perception_checkpoint` returns them as ``None``, so that loading a checkpoint
+    (or building an agent or resuming a run from one) never re-reads the file, which may since
+    have been moved or deleted. A file the module keeps needing after construction (e.g.
+    ``autolink``'s ``perceptual_weights``, a loss network outside the state dict) does not belong
+    here."""
 
     def __init__(self, num_cameras: int, image_size: int | Sequence[int]) -> None:
         super().__init__()
@@ -387,8 +431,18 @@ CHECKPOINT_FORMAT = "kp3d-perception"
 CHECKPOINT_VERSION = 1
 
 
+def _without_initialisation_files(name: str, kwargs: Mapping[str, object]) -> dict[str, object]:
+    """``kwargs`` with the method's :attr:`Perception.initialisation_files` set to ``None``."""
+    known = isinstance(name, str) and name in _REGISTRY
+    files = _REGISTRY[name].initialisation_files if known else ()
+    return {key: None if key in files else value for key, value in kwargs.items()}
+
+
 def save_perception(module: Perception, path: str | Path, **extra: object) -> Path:
     """Write ``module`` (its name, camera layout, hyperparameters and weights) to ``path``.
+
+    Hyperparameters listed in the class's :attr:`Perception.initialisation_files` are stored as
+    ``None``: the weights they initialised are in the state dict.
 
     The file is written atomically: an error or an interruption leaves any previous file at
     ``path`` intact. ``extra`` entries (e.g. ``step``, ``metrics``) are stored alongside and
@@ -410,6 +464,7 @@ def save_perception(module: Perception, path: str | Path, **extra: object) -> Pa
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
         **construction,
+        "kwargs": _without_initialisation_files(construction["name"], construction["kwargs"]),
         "state_dict": {k: v.detach().cpu() for k, v in module.state_dict().items()},
         "extra": dict(extra),
     }
@@ -419,6 +474,9 @@ def save_perception(module: Perception, path: str | Path, **extra: object) -> Pa
 
 def load_perception_checkpoint(path: str | Path) -> dict:
     """Read a file written by :func:`save_perception` (on the CPU), checking its format.
+
+    Its ``kwargs`` have the method's :attr:`Perception.initialisation_files` set to ``None``
+    (also for checkpoints written before they were stored so).
 
     Raises:
         FileNotFoundError: if ``path`` does not exist.
@@ -438,6 +496,8 @@ def load_perception_checkpoint(path: str | Path) -> dict:
             f"{path} has checkpoint version {payload.get('version')}; this kp3d reads version "
             f"{CHECKPOINT_VERSION}"
         )
+    if isinstance(payload.get("kwargs"), dict):
+        payload["kwargs"] = _without_initialisation_files(payload.get("name"), payload["kwargs"])
     return payload
 
 

@@ -649,9 +649,10 @@ class D2Net(Perception):
         trunk_weights: optional path of a weights file to initialise the trunk with
             (:meth:`VGGTrunk.load_weights`: this trunk's ``state_dict`` or VGG16's, e.g. ImageNet
             weights that the user downloaded elsewhere, with ``widths=VGG16_WIDTHS``). It is read
-            whenever the module is built, including when a checkpoint of it is loaded (the
-            checkpoint's weights then replace it), so the file must stay where it is. ``None``
-            (default): random initialisation; nothing is downloaded.
+            only here: it is one of :attr:`~kp3d.perception.Perception.initialisation_files`, so
+            a checkpoint stores it as ``None`` and loading one (its weights are in the state
+            dict) never needs the file again. ``None`` (default): random initialisation; nothing
+            is downloaded.
 
     Outputs of ``forward`` (``keypoint_frame = "world"``): ``keypoints (B, K, 3)`` world points
     triangulated from cross-view matches, ``confidence (B, K)``, ``features (B, 4 K)`` =
@@ -672,6 +673,7 @@ class D2Net(Perception):
     # `requires_labels` is about (FrameBatch.has_labels); `training_losses` checks what it needs.
     requires_labels = False
     uses_pairs = True
+    initialisation_files = ("trunk_weights",)
 
     def __init__(
         self,

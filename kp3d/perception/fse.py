@@ -45,7 +45,8 @@ from torch import nn
 from kp3d.perception.base import (
     Perception,
     PerceptionOutput,
-    PerceptionVisuals,
+    check_non_negative,
+    check_positive_ints,
     register_perception,
 )
 from kp3d.perception.equivariance import (
@@ -54,7 +55,7 @@ from kp3d.perception.equivariance import (
     inside_image,
     warp_generator,
 )
-from kp3d.perception.keypoint2d import normalized_coordinates
+from kp3d.perception.keypoint2d import image_keypoint_output, normalized_coordinates
 from kp3d.perception.layers import ConvLayer, ConvStack
 from kp3d.spatial import heatmap_to_image, soft_argmax, spatial_softmax
 
@@ -113,10 +114,7 @@ class FactorizedSpatialEmbeddings(Perception):
         diversity_weight: float = 1.0,
     ) -> None:
         super().__init__(num_cameras, image_size)
-        if not isinstance(num_keypoints, int) or num_keypoints < 1:
-            raise ValueError(f"num_keypoints must be a positive int; got {num_keypoints!r}")
-        if not isinstance(base_filters, int) or base_filters < 1:
-            raise ValueError(f"base_filters must be a positive int; got {base_filters!r}")
+        check_positive_ints(num_keypoints=num_keypoints, base_filters=base_filters)
         if heatmap_stride not in (1, 2, 4):
             raise ValueError(f"heatmap_stride must be 1, 2 or 4; got {heatmap_stride!r}")
         if any(side % heatmap_stride for side in self.image_size):
@@ -124,13 +122,11 @@ class FactorizedSpatialEmbeddings(Perception):
                 f"image sides {self.image_size} must be divisible by heatmap_stride="
                 f"{heatmap_stride}, so that the heatmap cells tile the image exactly"
             )
-        for name, value in (
-            ("warp_strength", warp_strength),
-            ("equivariance_weight", equivariance_weight),
-            ("diversity_weight", diversity_weight),
-        ):
-            if not value >= 0:
-                raise ValueError(f"{name} must be non-negative; got {value!r}")
+        check_non_negative(
+            warp_strength=warp_strength,
+            equivariance_weight=equivariance_weight,
+            diversity_weight=diversity_weight,
+        )
         self.num_keypoints = num_keypoints
         self.warp_strength = float(warp_strength)
         self.loss_weights = {
@@ -214,22 +210,10 @@ class FactorizedSpatialEmbeddings(Perception):
         used. The landmarks (and features) are those of the undeformed views; the losses are
         computed on two deformations of every view."""
         self.check_inputs(images, intrinsics, extrinsics)
-        batch, count = images.shape[:2]
         views = images.flatten(0, 1)
         heatmaps, pixels = self.locate(views)
         losses = self.auxiliary_losses(views) if compute_losses else {}
-
-        pixels = pixels.reshape(batch, count, self.num_keypoints, 2)
-        features = normalized_coordinates(pixels, self.image_size).flatten(1)
-        detached = pixels.detach()
-        visuals = PerceptionVisuals(
-            points=detached,
-            detections=detached,
-            heatmaps=heatmaps.detach().reshape(batch, count, *heatmaps.shape[1:]),
-        )
-        return PerceptionOutput(
-            features=features, keypoints=pixels.flatten(1, 2), losses=losses, visuals=visuals
-        )
+        return image_keypoint_output(pixels, heatmaps, self.num_cameras, self.image_size, losses)
 
 
 __all__ = ["FactorizedSpatialEmbeddings", "diversity_loss"]

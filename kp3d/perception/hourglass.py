@@ -60,6 +60,8 @@ from kp3d.perception.base import (
     Perception,
     PerceptionOutput,
     PerceptionVisuals,
+    check_positive,
+    check_positive_ints,
     register_perception,
 )
 from kp3d.perception.keypoint2d import normalized_coordinates
@@ -259,12 +261,10 @@ class StackedHourglass(Perception):
         min_weight: float = 1e-3,
     ) -> None:
         super().__init__(num_cameras, image_size)
-        if not isinstance(num_keypoints, int) or num_keypoints < 1:
-            raise ValueError(f"num_keypoints must be a positive int; got {num_keypoints!r}")
+        check_positive_ints(num_keypoints=num_keypoints)
         if not isinstance(channels, int) or channels < 4 or channels % 4:
             raise ValueError(f"channels must be a positive multiple of 4; got {channels!r}")
-        if not isinstance(num_stacks, int) or num_stacks < 1:
-            raise ValueError(f"num_stacks must be a positive int; got {num_stacks!r}")
+        check_positive_ints(num_stacks=num_stacks)
         if heatmap_stride not in (2, 4):
             raise ValueError(f"heatmap_stride must be 2 or 4; got {heatmap_stride!r}")
         if any(side % heatmap_stride for side in self.image_size):
@@ -282,12 +282,10 @@ class StackedHourglass(Perception):
                 f"depth must be an int in [1, log2 of the heatmap side] for heatmaps of "
                 f"{self.heatmap_size} cells; got {depth!r}"
             )
-        if not gaussian_std > 0:
-            raise ValueError(f"gaussian_std must be positive; got {gaussian_std!r}")
+        check_positive(gaussian_std=gaussian_std)
         if triangulate and self.num_cameras < 2:
             raise ValueError("triangulate=True needs at least 2 cameras; got 1")
-        if not min_weight > 0:
-            raise ValueError(f"min_weight must be positive; got {min_weight!r}")
+        check_positive(min_weight=min_weight)
         self.num_keypoints = num_keypoints
         self.num_stacks = num_stacks
         self.depth = depth

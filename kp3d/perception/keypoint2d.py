@@ -32,7 +32,12 @@ from typing import Any
 
 import torch
 
-from kp3d.perception.base import PerceptionOutput, register_perception
+from kp3d.perception.base import (
+    PerceptionOutput,
+    PerceptionVisuals,
+    check_positive,
+    register_perception,
+)
 from kp3d.perception.keypoint_autoencoder import (
     KeypointAutoencoder,
     attention_entropy,
@@ -61,6 +66,51 @@ def normalized_coordinates(pixels: torch.Tensor, image_size: Sequence[int]) -> t
         ``(*, 2)`` normalised coordinates.
     """
     return rescale_pixels(pixels, from_size=tuple(image_size), to_size=2) - 1.0
+
+
+def image_keypoint_output(
+    pixels: torch.Tensor,
+    heatmaps: torch.Tensor,
+    num_cameras: int,
+    image_size: Sequence[int],
+    losses: dict[str, torch.Tensor],
+    *,
+    confidence: torch.Tensor | None = None,
+    reconstructions: torch.Tensor | None = None,
+) -> PerceptionOutput:
+    """The output of a method that finds ``K`` keypoints in each view independently, its ``C``
+    cameras folded into the batch (``N = B C``, camera-minor): ``features (B, 2 C K)`` the
+    keypoints' :func:`normalized_coordinates` (camera-major, gradients flowing), ``keypoints
+    (B, C K, 2)`` the pixels, and visuals drawing the (detached) pixels as both the points and
+    the detections, with the heatmaps and reconstructions unfolded to ``(B, C, ...)``.
+
+    Args:
+        pixels: ``(N, K, 2)`` full-image pixels.
+        heatmaps: ``(N, K, S_h, S_w)`` (each sums to 1) for the video.
+        num_cameras: ``C``.
+        image_size: ``(H, W)``.
+        losses: the weighted auxiliary losses.
+        confidence: ``(N, K)``, or ``None``.
+        reconstructions: ``(N, 3, h, w)`` decoded views, or ``None``.
+    """
+    count = num_cameras
+    batch = pixels.shape[0] // count
+    pixels = pixels.reshape(batch, count, *pixels.shape[1:])
+    detached = pixels.detach()
+    if reconstructions is not None:
+        reconstructions = reconstructions.detach().reshape(batch, count, *reconstructions.shape[1:])
+    return PerceptionOutput(
+        features=normalized_coordinates(pixels, image_size).flatten(1),
+        keypoints=pixels.flatten(1, 2),
+        confidence=None if confidence is None else confidence.reshape(batch, -1),
+        losses=losses,
+        visuals=PerceptionVisuals(
+            points=detached,
+            detections=detached,
+            heatmaps=heatmaps.detach().reshape(batch, count, *heatmaps.shape[1:]),
+            reconstructions=reconstructions,
+        ),
+    )
 
 
 @register_perception("keypoint2d")
@@ -104,8 +154,7 @@ class Keypoint2D(KeypointAutoencoder):
         **network: Any,
     ) -> None:
         super().__init__(num_cameras, image_size, **network)
-        if not separation_scale > 0:
-            raise ValueError(f"separation_scale must be positive; got {separation_scale!r}")
+        check_positive(separation_scale=separation_scale)
         self.separation_scale = float(separation_scale)
 
     @property
@@ -166,4 +215,9 @@ class Keypoint2D(KeypointAutoencoder):
         )
 
 
-__all__ = ["IMAGE_SEPARATION_SCALE", "Keypoint2D", "normalized_coordinates"]
+__all__ = [
+    "IMAGE_SEPARATION_SCALE",
+    "Keypoint2D",
+    "image_keypoint_output",
+    "normalized_coordinates",
+]

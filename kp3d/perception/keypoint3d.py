@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from kp3d.geometry import DEPTH_EPS, project, unproject
-from kp3d.perception.base import PerceptionOutput, register_perception
+from kp3d.perception.base import PerceptionOutput, check_positive, register_perception
 from kp3d.perception.keypoint_autoencoder import (
     KeypointAutoencoder,
     attention_entropy,
@@ -133,8 +133,7 @@ class Keypoint3D(KeypointAutoencoder):
         **network: Any,
     ) -> None:
         super().__init__(num_cameras, image_size, {"multiview": multiview_weight}, **network)
-        if not mean_depth > 0:
-            raise ValueError(f"mean_depth must be positive; got {mean_depth!r}")
+        check_positive(mean_depth=mean_depth)
         self.mean_depth = float(mean_depth)
         head = self.heatmap_head
         self.depth_head = nn.Conv2d(head.in_channels, head.out_channels, 1, groups=self.groups)

@@ -25,7 +25,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kp3d.perception.base import Perception, PerceptionVisuals
+from kp3d.perception.base import (
+    Perception,
+    PerceptionVisuals,
+    check_non_negative,
+    check_positive,
+    check_positive_ints,
+)
 from kp3d.perception.layers import (
     ConvDecoder,
     ConvLayer,
@@ -197,22 +203,19 @@ class KeypointAutoencoder(Perception):
         sparsity_weight: float = 0.0,
     ) -> None:
         super().__init__(num_cameras, image_size)
-        if not isinstance(num_keypoints, int) or num_keypoints < 1:
-            raise ValueError(f"num_keypoints must be a positive int; got {num_keypoints!r}")
+        check_positive_ints(num_keypoints=num_keypoints)
         if not isinstance(base_filters, int) or base_filters < 2:
             raise ValueError(f"base_filters must be an int >= 2; got {base_filters!r}")
         if heatmap_stride not in (4, 8):
             raise ValueError(f"heatmap_stride must be 4 or 8; got {heatmap_stride!r}")
-        if not gaussian_std > 0:
-            raise ValueError(f"gaussian_std must be positive; got {gaussian_std!r}")
+        check_positive(gaussian_std=gaussian_std)
         loss_weights = {
             "reconstruction": reconstruction_weight,
             **(method_loss_weights or {}),
             "separation": separation_weight,
             "sparsity": sparsity_weight,
         }
-        if not noise >= 0:
-            raise ValueError(f"noise must be non-negative; got {noise!r}")
+        check_non_negative(noise=noise)
         for name, weight in loss_weights.items():
             if not weight >= 0:
                 raise ValueError(f"{name}_weight must be non-negative; got {weight!r}")

@@ -57,6 +57,14 @@ def conv_sizes(size: tuple[int, int], layers: Sequence[ConvLayer]) -> list[tuple
     return sizes
 
 
+def conv_relu(
+    in_channels: int, out_channels: int, kernel: int = 3, stride: int = 1
+) -> list[nn.Module]:
+    """``[Conv2d, ReLU]``: a square ``kernel`` (odd) with "same" padding ``kernel // 2``, so a
+    side ``n`` becomes ``⌈n / stride⌉``; unpack it into an ``nn.Sequential``."""
+    return [nn.Conv2d(in_channels, out_channels, kernel, stride, padding=kernel // 2), nn.ReLU()]
+
+
 class ConvStack(nn.Sequential):
     """Convs ``in_channels → channels[0] → channels[1] → …``, each followed by a ReLU.
 

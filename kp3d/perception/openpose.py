@@ -78,9 +78,11 @@ from kp3d.perception.base import (
     Perception,
     PerceptionOutput,
     PerceptionVisuals,
+    check_positive_ints,
     register_perception,
 )
 from kp3d.perception.keypoint2d import normalized_coordinates
+from kp3d.perception.layers import conv_relu
 from kp3d.spatial import cell_centers, image_to_heatmap
 
 Matcher = Literal["hungarian", "greedy"]
@@ -687,13 +689,8 @@ class Stage(nn.Sequential):
     def __init__(self, in_channels: int, channels: int, out_channels: int, layers: int) -> None:
         modules: list[nn.Module] = []
         for index in range(layers):
-            modules += [nn.Conv2d(in_channels if index == 0 else channels, channels, 3, padding=1)]
-            modules.append(nn.ReLU())
-        modules += [
-            nn.Conv2d(channels, channels, 1),
-            nn.ReLU(),
-            nn.Conv2d(channels, out_channels, 1),
-        ]
+            modules += conv_relu(in_channels if index == 0 else channels, channels)
+        modules += [*conv_relu(channels, channels, 1), nn.Conv2d(channels, out_channels, 1)]
         super().__init__(*modules)
 
 
@@ -723,13 +720,12 @@ class OpenPoseNetwork(nn.Module):
         super().__init__()
         half = channels // 2
         strided = {1: 0, 2: 1, 4: 2}[map_stride]
-        layers: list[nn.Module] = [nn.Conv2d(3, half, 3, padding=1), nn.ReLU()]
+        layers = conv_relu(3, half)
         inputs = half
         for _ in range(strided):
-            layers += [nn.Conv2d(inputs, channels, 3, stride=2, padding=1), nn.ReLU()]
+            layers += conv_relu(inputs, channels, stride=2)
             inputs = channels
-        layers += [nn.Conv2d(inputs, channels, 3, padding=1), nn.ReLU()]
-        layers += [nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU()]
+        layers += [*conv_relu(inputs, channels), *conv_relu(channels, channels)]
         self.backbone = nn.Sequential(*layers)
         paf, parts = 2 * num_limbs, num_parts
         self.paf_stages = nn.ModuleList(
@@ -822,15 +818,13 @@ class OpenPose(Perception):
             raise ValueError(
                 f"image_size {self.image_size} must be divisible by map_stride {map_stride}"
             )
-        for name, value in (
-            ("channels", channels),
-            ("paf_stages", paf_stages),
-            ("confidence_stages", confidence_stages),
-            ("stage_layers", stage_layers),
-            ("samples", samples),
-        ):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int; got {value!r}")
+        check_positive_ints(
+            channels=channels,
+            paf_stages=paf_stages,
+            confidence_stages=confidence_stages,
+            stage_layers=stage_layers,
+            samples=samples,
+        )
         if channels % 2:
             raise ValueError(f"channels must be even; got {channels}")
         if not (sigma > 0 and limb_width > 0):

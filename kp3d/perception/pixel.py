@@ -32,6 +32,7 @@ from kp3d.perception.base import (
     Perception,
     PerceptionOutput,
     PerceptionVisuals,
+    check_positive_ints,
     register_perception,
 )
 from kp3d.perception.layers import (
@@ -83,8 +84,7 @@ class PixelEncoder(Perception):
         random_crop: int | Sequence[int] | Literal["auto"] | None = None,
     ) -> None:
         super().__init__(num_cameras, image_size)
-        if not isinstance(camera_features, int) or camera_features < 1:
-            raise ValueError(f"camera_features must be a positive int; got {camera_features!r}")
+        check_positive_ints(camera_features=camera_features)
         self.camera_features = camera_features
         self.random_crop = random_crop is not None
         if random_crop is None:

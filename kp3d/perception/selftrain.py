@@ -75,9 +75,12 @@ from kp3d.perception.base import (
     Perception,
     PerceptionOutput,
     PerceptionVisuals,
+    check_non_negative,
+    check_positive,
     register_perception,
 )
 from kp3d.perception.keypoint2d import normalized_coordinates
+from kp3d.perception.layers import conv_relu
 from kp3d.spatial import EPS, gaussian_maps, heatmap_to_image, image_to_heatmap
 from kp3d.warps import random_tps
 
@@ -314,10 +317,6 @@ def contrastive_descriptor_loss(
 # -- the network -----------------------------------------------------------------------------------
 
 
-def _conv(inputs: int, outputs: int, stride: int = 1) -> list[nn.Module]:
-    return [nn.Conv2d(inputs, outputs, 3, stride, padding=1), nn.ReLU()]
-
-
 class LandmarkBackbone(nn.Module):
     """A small U-Net: ``(N, 3, H, W)`` → ``(N, 2f, H/2, W/2)`` features.
 
@@ -328,11 +327,11 @@ class LandmarkBackbone(nn.Module):
     def __init__(self, base_filters: int) -> None:
         super().__init__()
         f = base_filters
-        self.down2 = nn.Sequential(*_conv(3, f), *_conv(f, 2 * f, 2))
-        self.down4 = nn.Sequential(*_conv(2 * f, 4 * f, 2), *_conv(4 * f, 4 * f))
-        self.down8 = nn.Sequential(*_conv(4 * f, 4 * f, 2), *_conv(4 * f, 4 * f))
-        self.up4 = nn.Sequential(*_conv(8 * f, 4 * f))
-        self.up2 = nn.Sequential(*_conv(6 * f, 2 * f))
+        self.down2 = nn.Sequential(*conv_relu(3, f), *conv_relu(f, 2 * f, stride=2))
+        self.down4 = nn.Sequential(*conv_relu(2 * f, 4 * f, stride=2), *conv_relu(4 * f, 4 * f))
+        self.down8 = nn.Sequential(*conv_relu(4 * f, 4 * f, stride=2), *conv_relu(4 * f, 4 * f))
+        self.up4 = nn.Sequential(*conv_relu(8 * f, 4 * f))
+        self.up2 = nn.Sequential(*conv_relu(6 * f, 2 * f))
 
     def forward(self, views: torch.Tensor) -> torch.Tensor:
         """``(N, 3, H, W)`` in ``[0, 1]`` → ``(N, 2f, H/2, W/2)``."""
@@ -346,7 +345,7 @@ class LandmarkBackbone(nn.Module):
 
 
 def _head(inputs: int, hidden: int, outputs: int) -> nn.Sequential:
-    return nn.Sequential(*_conv(inputs, hidden), nn.Conv2d(hidden, outputs, 1))
+    return nn.Sequential(*conv_relu(inputs, hidden), nn.Conv2d(hidden, outputs, 1))
 
 
 class CorrespondenceNetwork(nn.Module):
@@ -495,21 +494,13 @@ class SelfTrainingLandmarks(Perception):
             )
         if not isinstance(nms_window, int) or nms_window < 1 or nms_window % 2 == 0:
             raise ValueError(f"nms_window must be an odd positive int; got {nms_window!r}")
-        for name, value in (
-            ("heatmap_std", heatmap_std),
-            ("margin", margin),
-            ("negative_distance", negative_distance),
-        ):
-            if not value > 0:
-                raise ValueError(f"{name} must be positive; got {value!r}")
-        for name, value in (
-            ("detector_weight", detector_weight),
-            ("descriptor_weight", descriptor_weight),
-            ("landmark_weight", landmark_weight),
-            ("warp_strength", warp_strength),
-        ):
-            if not value >= 0:
-                raise ValueError(f"{name} must be non-negative; got {value!r}")
+        check_positive(heatmap_std=heatmap_std, margin=margin, negative_distance=negative_distance)
+        check_non_negative(
+            detector_weight=detector_weight,
+            descriptor_weight=descriptor_weight,
+            landmark_weight=landmark_weight,
+            warp_strength=warp_strength,
+        )
         if any(side % 8 for side in self.image_size):
             raise ValueError(
                 f"SelfTrainingLandmarks needs image sides that are multiples of 8; got "

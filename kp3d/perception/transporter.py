@@ -63,11 +63,13 @@ from kp3d.batch import FrameBatch
 from kp3d.perception.base import (
     Perception,
     PerceptionOutput,
-    PerceptionVisuals,
+    check_non_negative,
+    check_positive,
+    check_positive_ints,
     register_perception,
 )
-from kp3d.perception.keypoint2d import normalized_coordinates
-from kp3d.perception.layers import ConvLayer, ConvStack, conv_sizes
+from kp3d.perception.keypoint2d import image_keypoint_output
+from kp3d.perception.layers import ConvLayer, ConvStack, conv_relu, conv_sizes
 from kp3d.spatial import gaussian_maps, heatmap_to_image, soft_argmax, spatial_softmax
 
 TRANSPORTER_LAYERS = (
@@ -138,18 +140,14 @@ class RefineNet(nn.Sequential):
 
     def __init__(self, base_filters: int, out_channels: int = 3) -> None:
         f = base_filters
-
-        def conv(inputs: int, outputs: int, kernel: int = 3) -> list[nn.Module]:
-            return [nn.Conv2d(inputs, outputs, kernel, padding=kernel // 2), nn.ReLU()]
-
         super().__init__(
-            *conv(4 * f, 4 * f),
-            *conv(4 * f, 2 * f),
+            *conv_relu(4 * f, 4 * f),
+            *conv_relu(4 * f, 2 * f),
             nn.Upsample(scale_factor=2.0, mode="bilinear", align_corners=False),
-            *conv(2 * f, 2 * f),
-            *conv(2 * f, f),
+            *conv_relu(2 * f, 2 * f),
+            *conv_relu(2 * f, f),
             nn.Upsample(scale_factor=2.0, mode="bilinear", align_corners=False),
-            *conv(f, f),
+            *conv_relu(f, f),
             nn.Conv2d(f, out_channels, 7, padding=3),
         )
 
@@ -197,16 +195,9 @@ class Transporter(Perception):
         reconstruction_weight: float = 1.0,
     ) -> None:
         super().__init__(num_cameras, image_size)
-        if not isinstance(num_keypoints, int) or num_keypoints < 1:
-            raise ValueError(f"num_keypoints must be a positive int; got {num_keypoints!r}")
-        if not isinstance(base_filters, int) or base_filters < 1:
-            raise ValueError(f"base_filters must be a positive int; got {base_filters!r}")
-        if not gaussian_std > 0:
-            raise ValueError(f"gaussian_std must be positive; got {gaussian_std!r}")
-        if not reconstruction_weight >= 0:
-            raise ValueError(
-                f"reconstruction_weight must be non-negative; got {reconstruction_weight!r}"
-            )
+        check_positive_ints(num_keypoints=num_keypoints, base_filters=base_filters)
+        check_positive(gaussian_std=gaussian_std)
+        check_non_negative(reconstruction_weight=reconstruction_weight)
         if any(side % 4 for side in self.image_size):
             raise ValueError(
                 f"Transporter needs image sides that are multiples of 4 (its feature grid is a "
@@ -298,13 +289,9 @@ class Transporter(Perception):
     def _encode(
         self, images: torch.Tensor, sources: torch.Tensor | None, compute_losses: bool
     ) -> PerceptionOutput:
-        batch, count = images.shape[:2]
         views = images.flatten(0, 1)
         heatmaps, cells, maps = self.keypoint_maps(views)
         pixels = heatmap_to_image(cells, self.heatmap_size, self.image_size)
-        pixels = pixels.reshape(batch, count, self.num_keypoints, 2)
-        coordinates = normalized_coordinates(pixels, self.image_size)
-
         losses: dict[str, torch.Tensor] = {}
         reconstructions = None
         if compute_losses and sources is not None and self.reconstruction_weight > 0:
@@ -312,18 +299,13 @@ class Transporter(Perception):
             losses["reconstruction"] = self.reconstruction_weight * F.mse_loss(
                 reconstructions, views
             )
-            reconstructions = reconstructions.reshape(images.shape)
-        detections = pixels.detach()
-        return PerceptionOutput(
-            features=coordinates.flatten(1),
-            keypoints=pixels.flatten(1, 2),
-            losses=losses,
-            visuals=PerceptionVisuals(
-                points=detections,
-                detections=detections,
-                heatmaps=heatmaps.detach().reshape(batch, count, *heatmaps.shape[1:]),
-                reconstructions=None if reconstructions is None else reconstructions.detach(),
-            ),
+        return image_keypoint_output(
+            pixels,
+            heatmaps,
+            self.num_cameras,
+            self.image_size,
+            losses,
+            reconstructions=reconstructions,
         )
 
     def forward(

@@ -81,12 +81,14 @@ from kp3d.correspondence import find_correspondences
 from kp3d.perception.base import (
     Perception,
     PerceptionOutput,
-    PerceptionVisuals,
+    check_non_negative,
+    check_positive,
+    check_positive_ints,
     register_perception,
 )
 from kp3d.perception.equivariance import WarpedPair, equivariance_loss, warp_generator
 from kp3d.perception.hourglass import Hourglass, Residual, default_depth
-from kp3d.perception.keypoint2d import normalized_coordinates
+from kp3d.perception.keypoint2d import image_keypoint_output
 from kp3d.spatial import EPS, cell_centers, gaussian_maps, heatmap_to_image
 
 FLOW_WINDOW_STD = 1.0
@@ -264,17 +266,14 @@ class Zhang2018(Perception):
         motion_weight: float = 1e3,
     ) -> None:
         super().__init__(num_cameras, image_size)
-        if not isinstance(num_keypoints, int) or num_keypoints < 1:
-            raise ValueError(f"num_keypoints must be a positive int; got {num_keypoints!r}")
+        check_positive_ints(num_keypoints=num_keypoints)
         if not isinstance(channels, int) or channels < 4 or channels % 4:
             raise ValueError(f"channels must be a positive multiple of 4; got {channels!r}")
-        for name, value in (
-            ("feature_channels", feature_channels),
-            ("descriptor_dim", descriptor_dim),
-            ("decoder_levels", decoder_levels),
-        ):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int; got {value!r}")
+        check_positive_ints(
+            feature_channels=feature_channels,
+            descriptor_dim=descriptor_dim,
+            decoder_levels=decoder_levels,
+        )
         if any(side % 2 for side in self.image_size):
             raise ValueError(f"image sides must be even; got {self.image_size}")
         self.grid_size: tuple[int, int] = (self.image_size[0] // 2, self.image_size[1] // 2)
@@ -285,25 +284,14 @@ class Zhang2018(Perception):
                 f"depth must be an int in [1, log2 of the grid side] for a grid of "
                 f"{self.grid_size} cells; got {depth!r}"
             )
-        for name, value in (
-            ("decoder_std", decoder_std),
-            ("separation_bandwidth", separation_bandwidth),
-        ):
-            if not value > 0:
-                raise ValueError(f"{name} must be positive; got {value!r}")
+        check_positive(decoder_std=decoder_std, separation_bandwidth=separation_bandwidth)
         weights = {
             "reconstruction": reconstruction_weight,
             "concentration": concentration_weight,
             "separation": separation_weight,
             "equivariance": equivariance_weight,
         }
-        for name, value in (
-            *weights.items(),
-            ("motion_weight", motion_weight),
-            ("warp_strength", warp_strength),
-        ):
-            if not value >= 0:
-                raise ValueError(f"{name} must be non-negative; got {value!r}")
+        check_non_negative(**weights, motion_weight=motion_weight, warp_strength=warp_strength)
         self.num_keypoints = num_keypoints
         self.descriptor_dim = descriptor_dim
         self.decoder_levels = decoder_levels
@@ -458,7 +446,6 @@ class Zhang2018(Perception):
         pixels, camera-major; ``confidence (B, C·K)`` is each landmark channel's share of the
         view, ``ζ_k / (S_h S_w)``. The matrices are validated but not used."""
         self.check_inputs(images, intrinsics, extrinsics)
-        batch, count = images.shape[:2]
         views = images.flatten(0, 1)
         if compute_losses:
             losses, maps, cells, reconstructions = self.auxiliary_losses(views)
@@ -467,27 +454,17 @@ class Zhang2018(Perception):
             maps, cells, _ = self.locate(views)
 
         pixels = heatmap_to_image(cells, self.grid_size, self.image_size)
-        pixels = pixels.reshape(batch, count, self.num_keypoints, 2)
-        features = normalized_coordinates(pixels, self.image_size).flatten(1)
         channels = maps[:, :-1]
         mass = channels.sum(dim=(-2, -1))
         heatmaps = channels / (mass[..., None, None] + EPS)
-        confidence = (mass / (self.grid_size[0] * self.grid_size[1])).reshape(batch, -1)
-        detached = pixels.detach()
-        visuals = PerceptionVisuals(
-            points=detached,
-            detections=detached,
-            heatmaps=heatmaps.detach().reshape(batch, count, *heatmaps.shape[1:]),
-            reconstructions=None
-            if reconstructions is None
-            else reconstructions.detach().reshape(batch, count, *reconstructions.shape[1:]),
-        )
-        return PerceptionOutput(
-            features=features,
-            keypoints=pixels.flatten(1, 2),
-            confidence=confidence,
-            losses=losses,
-            visuals=visuals,
+        return image_keypoint_output(
+            pixels,
+            heatmaps,
+            self.num_cameras,
+            self.image_size,
+            losses,
+            confidence=mass / (self.grid_size[0] * self.grid_size[1]),
+            reconstructions=reconstructions,
         )
 
     def training_losses(self, batch: FrameBatch) -> dict[str, torch.Tensor]:

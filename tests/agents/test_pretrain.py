@@ -284,6 +284,36 @@ def test_a_frozen_perception_does_not_change_while_ppo_trains(
     )
 
 
+def test_frozen_features_are_computed_once_per_update_and_match(
+    tiny_config, make_agent, checkpoint
+) -> None:
+    model = make_agent(agent_config(tiny_config, checkpoint, freeze=True))
+    extractor = model.policy.features_extractor
+    seen = []
+    hook = extractor.perception.register_forward_hook(
+        lambda module, args, output: seen.append(args[0].shape[0])
+    )
+    model.learn(model.n_steps * model.n_envs)
+    hook.remove()
+    frames = model.n_steps * model.n_envs
+    # Rollout passes (one per env step, plus the last observations' values) and one pass over
+    # the rollout for the update, however many epochs and minibatches the update has.
+    assert model.n_epochs * frames // model.batch_size > 1
+    assert sum(seen) == (frames + model.n_envs) + frames
+    # Given features give the same policy features as running the perception.
+    (everything,) = model.rollout_buffer.get(None)
+    from stable_baselines3.common.preprocessing import preprocess_obs
+
+    observations = preprocess_obs(
+        {k: v[:5] for k, v in everything.observations.items()}, model.observation_space
+    )
+    with torch.no_grad():
+        direct = extractor(observations)
+        with extractor.given_perception_features(extractor.perception_features(observations)):
+            given = extractor(observations)
+    torch.testing.assert_close(given, direct)
+
+
 def test_a_fine_tuned_perception_changes(tiny_config, make_agent, checkpoint) -> None:
     model = make_agent(agent_config(tiny_config, checkpoint))
     perception = model.policy.features_extractor.perception

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from perception_fixtures import identity_cameras
 
 from kp3d.perception import (
     AutoLink,
@@ -36,8 +37,7 @@ def small_model(num_cameras: int = 2, image_size: int = IMAGE, **kwargs) -> Auto
 
 def cameras(count: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Valid ``intrinsics (C, 3, 3)`` and ``extrinsics (C, 4, 4)``: AutoLink ignores them."""
-    intrinsics = torch.tensor([[30.0, 0.0, 16.0], [0.0, 30.0, 16.0], [0.0, 0.0, 1.0]])
-    return intrinsics.expand(count, 3, 3), torch.eye(4).expand(count, 4, 4)
+    return identity_cameras(count, 30.0, (16.0, 16.0))
 
 
 # -- edge heatmaps ---------------------------------------------------------------------------------

@@ -97,3 +97,51 @@ def test_frame_batch_checks_shapes_and_moves():
     moved = paired.to("cpu")
     assert moved.pair is not None and moved.batch_size == 2 and moved.num_cameras == 2
     assert not moved.has_labels
+
+
+def test_initialisation_files_are_not_needed_to_load_a_checkpoint(tmp_path):
+    """``d2net``'s ``trunk_weights`` only initialises the trunk: its checkpoint loads, and an
+    agent config builds from it, after the file is deleted."""
+    from agents.config import PerceptionConfig
+    from agents.pretrain import pretrained_perception
+
+    assert perception_class("d2net").initialisation_files == ("trunk_weights",)
+    assert perception_class("autolink").initialisation_files == ()
+    options = {"widths": (4, 4, 8, 6), "num_points": 4}
+    torch.manual_seed(0)
+    weights = tmp_path / "trunk.pt"
+    source = make_perception("d2net", num_cameras=2, image_size=32, **options)
+    torch.save(source.trunk.state_dict(), weights)
+    torch.manual_seed(1)  # a different random initialisation, replaced by the file's weights
+    module = make_perception(
+        "d2net", num_cameras=2, image_size=32, trunk_weights=str(weights), **options
+    )
+    path = save_perception(module, tmp_path / "d2net.pt")
+    weights.unlink()
+
+    payload = load_perception_checkpoint(path)
+    assert payload["kwargs"] == {**options, "trunk_weights": None}
+    loaded = load_perception(path)
+    for name, value in module.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[name], value, rtol=0, atol=0, msg=name)
+    torch.testing.assert_close(
+        loaded.trunk.convs()[0].weight, source.trunk.convs()[0].weight, rtol=0, atol=0
+    )
+
+    # An agent config that still names the (deleted) file agrees with the checkpoint, and the
+    # hyperparameters it builds from do not name the file.
+    config = PerceptionConfig(
+        name="d2net",
+        kwargs={**options, "trunk_weights": str(weights)},
+        pretrained=str(path),
+    )
+    checkpoint = pretrained_perception(config, ["a", "b"], (32, 32))
+    assert checkpoint["kwargs"]["trunk_weights"] is None
+    rebuilt = make_perception("d2net", num_cameras=2, image_size=32, **checkpoint["kwargs"])
+    rebuilt.load_state_dict(checkpoint["state_dict"])
+
+    # A checkpoint written before the path was dropped loads too.
+    legacy = torch.load(path, weights_only=True)
+    legacy["kwargs"]["trunk_weights"] = str(weights)
+    torch.save(legacy, tmp_path / "legacy.pt")
+    assert load_perception(tmp_path / "legacy.pt").construction["kwargs"]["trunk_weights"] is None

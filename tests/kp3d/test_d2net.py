@@ -37,14 +37,6 @@ from kp3d.perception.d2net import (
 SIZE = 32
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # -- a ray-cast scene ------------------------------------------------------------------------------
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from perception_fixtures import identity_cameras, losses_before_and_after_training
 
 from kp3d.perception import (
     FactorizedSpatialEmbeddings,
@@ -24,8 +25,7 @@ IMAGE = 32
 
 def cameras(count: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Valid ``intrinsics (C, 3, 3)`` and ``extrinsics (C, 4, 4)``; FSE ignores them."""
-    intrinsics = torch.tensor([[40.0, 0.0, 16.0], [0.0, 40.0, 16.0], [0.0, 0.0, 1.0]])
-    return intrinsics.expand(count, 3, 3), torch.eye(4).expand(count, 4, 4)
+    return identity_cameras(count, 40.0, (16.0, 16.0))
 
 
 def small_model(num_cameras: int = 2, **kwargs) -> FactorizedSpatialEmbeddings:
@@ -138,21 +138,9 @@ def test_training_decreases_the_loss_on_a_fixed_batch() -> None:
     model = small_model(num_cameras=1, num_keypoints=2)
     images, _ = dot_images(4, seed=2)
     images = images[:, None]
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-
-    def total_loss() -> torch.Tensor:
-        torch.manual_seed(7)  # the same warps at every evaluation
-        return model.train()(images, *cameras(1)).total_loss()
-
-    with torch.no_grad():
-        before = total_loss().item()
-    for _ in range(15):
-        loss = model.train()(images, *cameras(1)).total_loss()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    with torch.no_grad():
-        after = total_loss().item()
+    before, after = losses_before_and_after_training(
+        model, images, cameras(1), steps=15, lr=1e-2, seed=7
+    )
     assert after < 0.7 * before, (before, after)
 
 

@@ -27,14 +27,6 @@ from kp3d.perception.hourglass import Hourglass, default_depth, masked_heatmap_l
 from kp3d.spatial import image_to_heatmap
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def small_model(num_cameras: int = 2, image_size: int = 32, **kwargs) -> StackedHourglass:
     torch.manual_seed(0)
     options = {"num_keypoints": 3, "channels": 8, **kwargs}

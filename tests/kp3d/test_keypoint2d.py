@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from perception_fixtures import identity_cameras
 
 from kp3d.perception import (
     Keypoint2D,
@@ -43,8 +44,7 @@ def small_model(
 
 def cameras(count: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Some valid ``intrinsics (C, 3, 3)`` and ``extrinsics (C, 4, 4)``: Keypoint2D ignores them."""
-    intrinsics = torch.tensor([[60.0, 0.0, 32.0], [0.0, 60.0, 32.0], [0.0, 0.0, 1.0]])
-    return intrinsics.expand(count, 3, 3), torch.eye(4).expand(count, 4, 4)
+    return identity_cameras(count, 60.0, (32.0, 32.0))
 
 
 def test_normalized_coordinates() -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from perception_fixtures import identity_cameras
 from torch import nn
 
 from kp3d.batch import FrameBatch
@@ -27,15 +28,6 @@ from kp3d.perception.openpose import (
     parse_instances,
     part_layout,
 )
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 SIZE = (24, 32)  # map grid (H, W) of the synthetic tests
 CHAIN = np.array([[0, 1], [1, 2], [0, 3]])  # MultiReach's tree: base-elbow-fingertip, base-target
@@ -303,8 +295,7 @@ def small_model(**kwargs) -> OpenPose:
 
 
 def cameras(count: int) -> tuple[torch.Tensor, torch.Tensor]:
-    intrinsics = torch.tensor([[60.0, 0.0, 32.0], [0.0, 60.0, 24.0], [0.0, 0.0, 1.0]])
-    return intrinsics.expand(count, 3, 3), torch.eye(4).expand(count, 4, 4)
+    return identity_cameras(count, 60.0, (32.0, 24.0))
 
 
 class OracleNetwork(nn.Module):

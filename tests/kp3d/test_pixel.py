@@ -6,6 +6,7 @@ import doctest
 
 import pytest
 import torch
+from perception_fixtures import identity_cameras
 
 from kp3d.perception import (
     RAD,
@@ -29,8 +30,7 @@ def model(name: str = "pixel", num_cameras: int = 3, image_size=IMAGE, **kwargs)
 def cameras(count: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Some valid ``intrinsics (C, 3, 3)`` and ``extrinsics (C, 4, 4)``: the encoder ignores
     them."""
-    intrinsics = torch.tensor([[60.0, 0.0, 32.0], [0.0, 60.0, 32.0], [0.0, 0.0, 1.0]])
-    return intrinsics.expand(count, 3, 3), torch.eye(4).expand(count, 4, 4)
+    return identity_cameras(count, 60.0, (32.0, 32.0))
 
 
 def linear_inputs(module: PixelEncoder) -> int:

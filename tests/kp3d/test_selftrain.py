@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from perception_fixtures import identity_cameras
 
 from kp3d.batch import FrameBatch
 from kp3d.perception import (
@@ -43,8 +44,7 @@ def small_model(num_cameras: int = 2, **kwargs) -> SelfTrainingLandmarks:
 
 
 def cameras(count: int) -> tuple[torch.Tensor, torch.Tensor]:
-    intrinsics = torch.tensor([[30.0, 0.0, 16.0], [0.0, 30.0, 16.0], [0.0, 0.0, 1.0]])
-    return intrinsics.expand(count, 3, 3), torch.eye(4).expand(count, 4, 4)
+    return identity_cameras(count, 30.0, (16.0, 16.0))
 
 
 def square_images(count: int, num_cameras: int = 2, seed: int = 0) -> torch.Tensor:

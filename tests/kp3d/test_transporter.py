@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from perception_fixtures import identity_cameras
 
 from kp3d.batch import FrameBatch
 from kp3d.perception import (
@@ -31,8 +32,7 @@ def small_model(num_cameras: int = 2, image_size: int = IMAGE, **kwargs) -> Tran
 
 def cameras(count: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Valid ``intrinsics (C, 3, 3)`` and ``extrinsics (C, 4, 4)``: Transporter ignores them."""
-    intrinsics = torch.tensor([[30.0, 0.0, 16.0], [0.0, 30.0, 16.0], [0.0, 0.0, 1.0]])
-    return intrinsics.expand(count, 3, 3), torch.eye(4).expand(count, 4, 4)
+    return identity_cameras(count, 30.0, (16.0, 16.0))
 
 
 def frame_batch(images: torch.Tensor, pair: torch.Tensor | None = None) -> FrameBatch:

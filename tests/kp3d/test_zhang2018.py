@@ -12,6 +12,7 @@ import math
 
 import pytest
 import torch
+from perception_fixtures import identity_cameras, losses_before_and_after_training
 
 from kp3d.batch import FrameBatch
 from kp3d.perception import PerceptionOutput, Zhang2018, available_perceptions, make_perception
@@ -32,8 +33,7 @@ FOCAL = 40.0
 def cameras(count: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``intrinsics (C, 3, 3)`` and ``extrinsics (C, 4, 4)``: pinhole cameras at the origin
     looking along +z (world = camera frame)."""
-    intrinsics = torch.tensor([[FOCAL, 0.0, IMAGE / 2], [0.0, FOCAL, IMAGE / 2], [0.0, 0.0, 1.0]])
-    return intrinsics.expand(count, 3, 3), torch.eye(4).expand(count, 4, 4)
+    return identity_cameras(count, FOCAL, (IMAGE / 2, IMAGE / 2))
 
 
 def small_model(num_cameras: int = 1, **kwargs) -> Zhang2018:
@@ -228,21 +228,9 @@ def test_motion_equivariance_is_zero_when_landmarks_follow_the_motion() -> None:
 def test_training_decreases_the_loss_on_a_fixed_batch() -> None:
     model = small_model()
     images = dot_images(torch.tensor([[10.0, 12.0], [20.0, 18.0]]))[:, None]
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-
-    def total_loss() -> torch.Tensor:
-        torch.manual_seed(5)  # the same warps at every evaluation
-        return model.train()(images, *cameras(1)).total_loss()
-
-    with torch.no_grad():
-        before = total_loss().item()
-    for _ in range(8):
-        loss = model.train()(images, *cameras(1)).total_loss()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    with torch.no_grad():
-        after = total_loss().item()
+    before, after = losses_before_and_after_training(
+        model, images, cameras(1), steps=8, lr=1e-2, seed=5
+    )
     assert after < 0.7 * before, (before, after)
 
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from agents.ppo import PerceptionPPO
+from kp3d.perception import available_perceptions, perception_class
 
 
 def _snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -107,3 +108,37 @@ def test_state_based_ppo_is_sb3_s_ppo(tiny_config, record_logs, make_agent) -> N
     model.learn(64)
     assert "train/value_loss" in records.keys
     assert not any(key.startswith("kp3d/") for key in records.keys)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        name
+        for name in available_perceptions()
+        # Not the CNN baselines (no auxiliary losses) nor d2net, whose training signal is the
+        # simulator's correspondences (depth, segmentation): agents' observations have neither.
+        if not perception_class(name).requires_labels and name not in ("pixel", "rad", "d2net")
+    ],
+)
+def test_every_unsupervised_perception_trains_jointly_with_ppo(
+    name: str, tiny_config, make_agent, record_logs
+) -> None:
+    """Each label-free keypoint method sits under PPO: its auxiliary losses join the PPO loss,
+    its unsupervised steps run, and its parameters change (defaults, only the keypoint count
+    reduced)."""
+    kwargs = {} if name in ("keypoint3d", "keypoint2d") else {"num_keypoints": 4}
+    model = make_agent(
+        tiny_config(
+            env_kwargs={"size": 32},
+            perception={"name": name, "kwargs": kwargs},
+            unsupervised={"steps": 1, "batch_size": 2},
+        )
+    )
+    records = record_logs(model)
+    perception = model.policy.features_extractor.perception
+    before = {k: v.clone() for k, v in perception.state_dict().items()}
+    model.learn(32)
+    assert any(key.startswith("kp3d/joint_aux/") for key in records.keys), sorted(records.keys)
+    assert any(key.startswith("kp3d/unsupervised/") for key in records.keys)
+    changed = [k for k, v in perception.state_dict().items() if not torch.equal(v, before[k])]
+    assert changed, f"{name}: no parameter changed"

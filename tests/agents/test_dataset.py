@@ -165,8 +165,10 @@ def test_killed_run_resumes_to_the_same_frames(tmp_path: Path) -> None:
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.wait()
+    # The kill may land between writing the second shard and listing it in meta.json: the meta
+    # then lists one shard, and resuming adopts the unlisted one.
     kept = read_info(interrupted).frames
-    assert 60 <= kept < 160
+    assert (interrupted / shard_name(1)).exists() and 30 <= kept < 160
     write_dataset(REACH, 160, interrupted, size=32, seed=3, shard_size=30, progress=False)
     write_dataset(REACH, 160, reference, size=32, seed=3, shard_size=30, progress=False)
     assert read_info(interrupted).frames == 160

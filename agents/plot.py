@@ -301,12 +301,13 @@ def plot_learning_curves(
         list(entries.values()),
         list(entries),
         loc="outside lower center",
-        ncols=min(len(entries), 4),
+        # Two labels fit across each env's column; more columns would overflow the figure.
+        ncols=min(len(entries), 2 * len(envs)),
         title=f"mean over seeds; shaded: {band} across seeds" if pooled else None,
         frameon=False,
     )
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda temporary: figure.savefig(temporary, dpi=dpi))
+    atomic_write(path, lambda temporary: figure.savefig(temporary, dpi=dpi, bbox_inches="tight"))
     return path
 
 

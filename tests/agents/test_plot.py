@@ -72,8 +72,10 @@ def test_the_figure_is_written_as_a_png(tmp_path: Path, tiny_config) -> None:
     runs.append(_fake_run(tmp_path, tiny_config, "a", 0, [[1.0]], [[1]], env_id="kp3d/Push-v0"))
     path = plot_learning_curves(runs, out=tmp_path / "figures" / "curves.png", dpi=50)
     image = iio.imread(path)
-    # One column per env (4.6 inches each), two rows (6.4 inches), at 50 dpi.
-    assert image.shape[:2] == (320, 460)
+    # One column per env (4.6 inches each), two rows (6.4 inches), at 50 dpi; the saved figure
+    # is cropped to what is drawn plus 0.1 inch of padding (it grows when a legend is wider).
+    height, width = image.shape[:2]
+    assert 320 <= height <= 330 and 460 <= width <= 470
     assert image[..., :3].std() > 10  # something is drawn
 
 

@@ -47,6 +47,7 @@ from kp3d.data import (
     shard_name,
 )
 from kp3d.files import atomic_write
+from kp3d.interrupts import DeferredInterrupt
 
 DEFAULT_SHARD_SIZE = 1000
 """Frames per shard: about 2 MB on disk for Reach at 64 px (images, depth and segmentation
@@ -416,29 +417,34 @@ def _collect(
     written = meta["frames"]
     bar = progress_bar(total, written, "frame", "dataset", enabled=progress)
     try:
-        while written < total:
-            for step, frame in rollout(env, policy, seed, episode):
-                if step <= last_step:
-                    if step == last_step and not np.allclose(
-                        frame["keypoints_world"], last_keypoints, atol=1e-5
-                    ):
-                        raise DatasetError(
-                            f"cannot continue {directory}: replaying episode {episode} does not "
-                            f"reproduce its stored step {step} (did the env or the policy change?)"
-                        )
-                    continue
-                for name, value in frame.items():
-                    buffer[name].append(value)
-                buffer["episode"].append(episode)
-                buffer["step"].append(step)
-                written += 1
-                bar.update(1)
-                if len(buffer["episode"]) >= shard_size:
-                    flush()
-                if written >= total:
-                    break
-            episode, last_step = episode + 1, -1
-        flush()
+        # Ctrl-C stops after the current frame (a signal raised inside a ctypes call of the
+        # renderer would escape `except KeyboardInterrupt`).
+        with DeferredInterrupt() as interrupt:
+            while written < total:
+                for step, frame in rollout(env, policy, seed, episode):
+                    if step <= last_step:
+                        if step == last_step and not np.allclose(
+                            frame["keypoints_world"], last_keypoints, atol=1e-5
+                        ):
+                            raise DatasetError(
+                                f"cannot continue {directory}: replaying episode {episode} "
+                                f"does not reproduce its stored step {step} (did the env or "
+                                "the policy change?)"
+                            )
+                        continue
+                    for name, value in frame.items():
+                        buffer[name].append(value)
+                    buffer["episode"].append(episode)
+                    buffer["step"].append(step)
+                    written += 1
+                    bar.update(1)
+                    interrupt.check()
+                    if len(buffer["episode"]) >= shard_size:
+                        flush()
+                    if written >= total:
+                        break
+                episode, last_step = episode + 1, -1
+            flush()
     except KeyboardInterrupt:
         flush()
         raise

@@ -48,6 +48,7 @@ from agents.extractor import PerceptionExtractor
 from agents.ppo import PerceptionPPO
 from agents.sac import PerceptionSAC
 from kp3d.files import atomic_write
+from kp3d.interrupts import DeferredInterrupt
 
 CONFIG_FILE = "config.yaml"
 MODEL_FILE = "model.zip"
@@ -79,6 +80,18 @@ EVAL_SEED_OFFSET = 10_000
 
 class RunDirectoryError(ValueError):
     """A run directory that cannot be used (taken by another run, or not a run)."""
+
+
+class StopOnInterrupt(BaseCallback):
+    """Stops ``learn`` at the next env step once a :class:`~kp3d.interrupts.DeferredInterrupt`
+    has recorded a Ctrl-C."""
+
+    def __init__(self, interrupt: DeferredInterrupt) -> None:
+        super().__init__()
+        self.interrupt = interrupt
+
+    def _on_step(self) -> bool:
+        return not self.interrupt.requested
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -525,13 +538,17 @@ def _learn(config: TrainConfig, run_dir: Path, layout: CameraLayout | None, resu
         if config.verbose >= 1:
             print(f"run: {run_dir}  ({model.num_timesteps}/{config.n_timesteps} steps done)")
         try:
-            if remaining > 0:
-                model.learn(
-                    total_timesteps=remaining,
-                    callback=callbacks,
-                    reset_num_timesteps=not resuming,
-                    progress_bar=config.progress_bar and _progress_bar_available(),
-                )
+            # The first Ctrl-C stops learning at the next env step (a signal raised inside a
+            # ctypes call of the renderer would escape `except KeyboardInterrupt`).
+            with DeferredInterrupt() as interrupt:
+                if remaining > 0:
+                    model.learn(
+                        total_timesteps=remaining,
+                        callback=[*callbacks, StopOnInterrupt(interrupt)],
+                        reset_num_timesteps=not resuming,
+                        progress_bar=config.progress_bar and _progress_bar_available(),
+                    )
+                interrupt.check()
         except KeyboardInterrupt:
             save_checkpoint(model, run_dir, save_replay)
             print(

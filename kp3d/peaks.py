@@ -137,4 +137,28 @@ def local_maxima(maps: torch.Tensor, threshold: float, window: int = 3) -> torch
     return (maps >= pooled) & (maps > threshold)
 
 
-__all__ = ["LOG_EPS", "decode_peaks", "local_maxima", "refine_peaks"]
+def strongest_peaks(
+    maps: torch.Tensor, count: int, peaks: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``count`` strongest cells of ``peaks`` (e.g. :func:`local_maxima`) per map, as cell
+    centres.
+
+    Args:
+        maps: ``(N, H, W)`` heatmaps.
+        count: ``P``, how many to return per map (fewer if a map has fewer cells).
+        peaks: ``(N, H, W)`` bool mask of the cells that may be returned.
+
+    Returns:
+        ``pixels (N, P, 2)`` cell centres ``(j + 0.5, i + 0.5)`` on the maps' grid, strongest
+        first, and ``valid (N, P)`` bool: False where the map had fewer than ``P`` peaks (those
+        rows hold arbitrary cells).
+    """
+    _check_maps(maps)
+    scores = torch.where(peaks, maps, -torch.inf).flatten(1)
+    values, index = scores.topk(min(count, scores.shape[1]), dim=1)
+    width = maps.shape[-1]
+    pixels = torch.stack([index % width, index // width], dim=-1).to(maps.dtype) + 0.5
+    return pixels, torch.isfinite(values)
+
+
+__all__ = ["LOG_EPS", "decode_peaks", "local_maxima", "refine_peaks", "strongest_peaks"]

@@ -70,7 +70,7 @@ from torch import nn
 from torch.func import functional_call
 
 from kp3d.batch import FrameBatch
-from kp3d.peaks import decode_peaks, local_maxima
+from kp3d.peaks import decode_peaks, local_maxima, strongest_peaks
 from kp3d.perception.base import (
     Perception,
     PerceptionOutput,
@@ -236,11 +236,7 @@ def generic_keypoints(
     response = response[:, 0]
     strongest = response.flatten(1).amax(dim=1).clamp(min=EPS)[:, None, None]
     peaks = local_maxima(response, 0.0, window) & (response > relative_threshold * strongest)
-    scores = torch.where(peaks, response, -torch.inf).flatten(1)
-    values, index = scores.topk(min(max_points, scores.shape[1]), dim=1)
-    width = response.shape[-1]
-    pixels = torch.stack([index % width, index // width], dim=-1).to(views.dtype) + 0.5
-    return pixels, torch.isfinite(values)
+    return strongest_peaks(response.to(views.dtype), max_points, peaks)
 
 
 # -- losses ----------------------------------------------------------------------------------------
@@ -622,11 +618,8 @@ class SelfTrainingLandmarks(Perception):
         """
         maps = detections[:, 0]
         peaks = local_maxima(maps, self.detection_threshold, self.nms_window)
-        scores = torch.where(peaks, maps, -torch.inf).flatten(1)
-        values, index = scores.topk(min(self.max_points, scores.shape[1]), dim=1)
-        width = maps.shape[-1]
-        cells = torch.stack([index % width, index // width], dim=-1).to(maps.dtype) + 0.5
-        return cells, sample_descriptors(descriptors, cells), torch.isfinite(values)
+        cells, valid = strongest_peaks(maps, self.max_points, peaks)
+        return cells, sample_descriptors(descriptors, cells), valid
 
     @torch.no_grad()
     def pseudo_labels(self, views: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from kp3d import peaks
-from kp3d.peaks import decode_peaks, local_maxima, refine_peaks
+from kp3d.peaks import decode_peaks, local_maxima, refine_peaks, strongest_peaks
 from kp3d.spatial import gaussian_maps
 
 
@@ -93,3 +93,12 @@ def test_errors() -> None:
         local_maxima(torch.zeros(4, 4), 0.1, window=2)
     with pytest.raises(ValueError, match="rows and columns"):
         refine_peaks(torch.zeros(2, 4, 4), torch.zeros(3, 1), torch.zeros(3, 1))
+
+
+def test_strongest_peaks_are_cell_centres_strongest_first_and_flag_missing_ones() -> None:
+    maps = torch.zeros(1, 5, 6)
+    maps[0, 1, 4] = 2.0
+    maps[0, 3, 0] = 3.0
+    pixels, valid = strongest_peaks(maps, 3, maps > 0)
+    torch.testing.assert_close(pixels[0, :2], torch.tensor([[0.5, 3.5], [4.5, 1.5]]))
+    assert valid.tolist() == [[True, True, False]]

@@ -50,6 +50,30 @@ ConfigType = TypeVar("ConfigType")
 
 
 @dataclass
+class PretrainRecipe:
+    """Pretrain the perception before the agent, in the same ``kp3d train``: a random-policy
+    dataset of the env (``kp3d dataset``), then ``kp3d pretrain`` on it; the agent starts from
+    (or, with ``freeze``, keeps) the checkpoint. Both are cached under ``runs/cache/`` by these
+    settings (and the env's and perception's), so a second run with the same settings reuses
+    them and an interrupted one continues them."""
+
+    frames: int = 12_000
+    """Dataset frames (random actions; the reset's frame and every step's)."""
+
+    steps: int = 3000
+    """Pretraining steps."""
+
+    batch_size: int = 32
+    """Frames per pretraining step."""
+
+    learning_rate: float = 1e-3
+    """Adam learning rate of the pretraining."""
+
+    seed: int = 0
+    """Seed of the dataset's episodes and of the pretraining."""
+
+
+@dataclass
 class PerceptionConfig:
     """The perception module under the policy (:mod:`kp3d.perception`)."""
 
@@ -89,9 +113,14 @@ class PerceptionConfig:
     method must be ``name``, its camera layout the env's; ``kwargs`` may be left empty (the
     checkpoint's are used) or must equal the checkpoint's."""
 
+    pretrain: PretrainRecipe | None = None
+    """Pretrain the perception first (:class:`PretrainRecipe`) and set ``pretrained`` to the
+    result; ``null``: start from ``pretrained``, or from scratch."""
+
     freeze: bool = False
-    """Keep the (pretrained) perception fixed: no gradients from the RL loss, no auxiliary or
-    unsupervised updates, always in eval mode. ``false`` fine-tunes it."""
+    """Keep the (pretrained) perception fixed. It then runs once per env step, outside the policy
+    (:mod:`agents.features`): the agent is an MLP on its features, and the buffers store features,
+    not images. ``false`` trains it with the agent (from ``pretrained`` when given)."""
 
 
 @dataclass
@@ -153,19 +182,17 @@ class SACConfig:
     """Adam learning rate of actor, critic (with the perception) and entropy coefficient."""
 
     buffer_size: int = 20_000
-    """Replay buffer capacity in transitions. Images are stored twice (observation and next
-    observation; SB3's ``optimize_memory_usage`` does not support Dict observations), so with 3
-    cameras of 64x64 a transition takes about 74 KB: 20 000 transitions take about 1.5 GB,
-    100 000 about 7.4 GB."""
+    """Replay buffer capacity in transitions. With a perception that trains, images are stored
+    once per transition (:class:`agents.buffers.FrameReplayBuffer`): about 37 KB for 3 cameras of
+    64x64, 0.75 GB for 20 000 transitions. A frozen perception's features take ~0.2 KB."""
 
     learning_starts: int = 1000
     """Env steps of random actions before the first update."""
 
     batch_size: int = 64
-    """Minibatch size of each gradient step (DrQ: 128 at 84 px). A gradient step runs the
-    perception five times (actor, critic with its losses, target critic, next actions, actor
-    loss): on 2 CPU cores about 0.3 s for Keypoint3D at 64 (0.6 s at 128), so image-based SAC
-    trains at a few env steps per second there; use a GPU for full runs."""
+    """Minibatch size of each gradient step (DrQ: 128 at 84 px). A gradient step with a
+    perception that trains encodes the batch three times (observations with the decoder, next
+    observations, the target copy; see :class:`agents.sac.PerceptionSAC`)."""
 
     tau: float = 0.01
     """Polyak coefficient of the target critic and its copy of the perception (DrQ: 0.01)."""
@@ -190,6 +217,10 @@ class SACConfig:
 
     activation: Literal["tanh", "relu"] = "relu"
     """Activation of those MLPs."""
+
+    aux_batch_size: int | None = None
+    """With a perception that trains: compute its auxiliary losses (its decoder, most of a
+    step's cost) on this many of each batch's observations; ``null``: on all of them."""
 
     save_replay_buffer: bool = False
     """Also write the replay buffer with every checkpoint (large: see ``buffer_size``), so that a
@@ -569,6 +600,7 @@ def check_config(config: TrainConfig) -> None:
         "eval.episodes": config.eval.episodes,
         "video.episodes": config.video.episodes,
         "video.max_steps": 1 if config.video.max_steps is None else config.video.max_steps,
+        "sac.aux_batch_size": 1 if config.sac.aux_batch_size is None else config.sac.aux_batch_size,
         "torch_threads": 1 if config.torch_threads is None else config.torch_threads,
     }
     for key, value in positive.items():
@@ -606,6 +638,17 @@ def check_config(config: TrainConfig) -> None:
         )
     if name is not None:
         check_perception_choice(name, config.perception.kwargs)
+    recipe = config.perception.pretrain
+    if recipe is not None:
+        for key in ("frames", "steps", "batch_size"):
+            if getattr(recipe, key) < 1:
+                raise ConfigError(
+                    f"'perception.pretrain.{key}' must be at least 1; got {getattr(recipe, key)}"
+                )
+        if not recipe.learning_rate > 0:
+            raise ConfigError(
+                f"'perception.pretrain.learning_rate' must be positive; got {recipe.learning_rate}"
+            )
     if config.perception.projection_dim is not None and config.perception.projection_dim < 1:
         raise ConfigError(
             f"'perception.projection_dim' must be positive or null; "
@@ -618,6 +661,7 @@ __all__ = [
     "EvalConfig",
     "PPOConfig",
     "PerceptionConfig",
+    "PretrainRecipe",
     "SACConfig",
     "TrainConfig",
     "UnsupervisedConfig",

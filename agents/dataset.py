@@ -4,8 +4,9 @@
 Episodes of a kp3d env are rolled out with a random policy or a trained agent, and every frame
 (the reset's and every step's) is stored with everything the simulator knows about it: the
 images of all cameras, their matrices of that step, the ground-truth keypoints (world, pixels,
-depth, visibility), rendered depth and body segmentation of every camera, and the pose of every
-body. :mod:`kp3d.data` documents the layout.
+depth, visibility), rendered depth and body segmentation of every camera, the pose of every
+body, and the empty scene each camera sees (once for fixed cameras, per frame for moving ones).
+:mod:`kp3d.data` documents the layout.
 
 Writing is incremental and resumable:
 
@@ -37,6 +38,8 @@ import numpy as np
 
 from agents.progress import progress_bar
 from kp3d.data import (
+    BACKGROUND_FILE,
+    BACKGROUNDS_ARRAY,
     FORMAT,
     FORMAT_VERSION,
     FRAME_ARRAYS,
@@ -87,9 +90,9 @@ class AgentPolicy:
     """
 
     def __init__(self, run_dir: str | Path, state_based: bool, device: str = "auto") -> None:
-        from agents.evaluation import load
+        from agents.evaluation import load_policy
 
-        self.model = load(run_dir, device=device)
+        self.model = load_policy(run_dir, device=device)
         self.state_based = state_based
 
     def start_episode(self, seed: np.random.SeedSequence) -> None:
@@ -155,13 +158,19 @@ def body_segmentation(model: mujoco.MjModel, segmentation: np.ndarray) -> np.nda
     return bodies
 
 
-def capture_frame(env: gym.Env, observation: Mapping[str, Any], info: Mapping[str, Any]) -> dict:
+def capture_frame(
+    env: gym.Env,
+    observation: Mapping[str, Any],
+    info: Mapping[str, Any],
+    background: bool = False,
+) -> dict:
     """One frame's arrays (see :mod:`kp3d.data`, without ``episode`` and ``step``) from a kp3d
-    env's observation and ``info`` after a reset or a step; depth and segmentation are rendered
-    here, of the same state."""
+    env's observation and ``info`` after a reset or a step; depth and segmentation (and with
+    ``background`` the empty scene, for moving cameras) are rendered here, of the same state."""
     base = env.unwrapped
     renderer = base.renderer
     names = base.cameras.names
+    extra = {BACKGROUNDS_ARRAY: base.render_background()} if background else {}
     return {
         "images": np.stack([observation[f"cam_{name}"] for name in names]),
         "intrinsics": info["camera_intrinsics"],
@@ -173,6 +182,7 @@ def capture_frame(env: gym.Env, observation: Mapping[str, Any], info: Mapping[st
         "depth": renderer.render_depth(base.data),
         "segmentation": body_segmentation(base.model, renderer.render_segmentation(base.data)),
         "body_poses": body_poses(base.data),
+        **extra,
     }
 
 
@@ -183,21 +193,36 @@ def episode_seeds(seed: int, episode: int) -> tuple[int, np.random.SeedSequence]
 
 
 def rollout(
-    env: gym.Env, policy: RandomPolicy | AgentPolicy, seed: int, episode: int
+    env: gym.Env,
+    policy: RandomPolicy | AgentPolicy,
+    seed: int,
+    episode: int,
+    backgrounds: bool = False,
 ) -> Iterator[tuple[int, dict]]:
-    """``(step, frame)`` of one episode, from the reset (step 0) to its end."""
+    """``(step, frame)`` of one episode, from the reset (step 0) to its end (frames with the
+    empty scene when ``backgrounds``)."""
     reset_seed, action_seed = episode_seeds(seed, episode)
     policy.start_episode(action_seed)
     observation, info = env.reset(seed=reset_seed)
     step = 0
-    yield step, capture_frame(env, observation, info)
+    yield step, capture_frame(env, observation, info, backgrounds)
     done = False
     while not done:
         action = policy.act(observation, env)
         observation, _, terminated, truncated, info = env.step(action)
         step += 1
-        yield step, capture_frame(env, observation, info)
+        yield step, capture_frame(env, observation, info, backgrounds)
         done = terminated or truncated
+
+
+def write_background(env: gym.Env, directory: Path) -> None:
+    """Write the empty scene of an env's fixed cameras as :data:`kp3d.data.BACKGROUND_FILE`."""
+    env.reset(seed=0)  # the static scene does not depend on the state; cameras are placed
+    images = env.unwrapped.render_background()
+    atomic_write(
+        directory / BACKGROUND_FILE,
+        lambda temporary: np.savez_compressed(temporary, images=images),
+    )
 
 
 # -- the dataset directory ------------------------------------------------------------------------
@@ -372,7 +397,15 @@ def write_dataset(
                     f"{directory} is not empty and holds no {META_FILE}: give an empty or new --out"
                 )
             directory.mkdir(parents=True, exist_ok=True)
-            meta = {**wanted, "frames": 0, "shards": []}
+            moving = any(env.unwrapped.cameras.moving)
+            meta = {
+                **wanted,
+                "background": "per_frame" if moving else "fixed",
+                "frames": 0,
+                "shards": [],
+            }
+        if meta.get("background") == "fixed" and not (directory / BACKGROUND_FILE).is_file():
+            write_background(env, directory)
         _write_meta(directory, meta)
         _collect(env, actor, directory, meta, frames, int(seed), shard_size, progress)
     finally:
@@ -390,13 +423,15 @@ def _collect(
     shard_size: int,
     progress: bool,
 ) -> None:
-    buffer: dict[str, list] = {name: [] for name in FRAME_ARRAYS}
+    per_frame = meta.get("background") == "per_frame"
+    dtypes = {**FRAME_ARRAYS, **({BACKGROUNDS_ARRAY: np.dtype(np.uint8)} if per_frame else {})}
+    buffer: dict[str, list] = {name: [] for name in dtypes}
 
     def flush() -> None:
         if not buffer["episode"]:
             return
         arrays = {
-            name: np.asarray(np.stack(values), dtype=FRAME_ARRAYS[name])
+            name: np.asarray(np.stack(values), dtype=dtypes[name])
             for name, values in buffer.items()
         }
         name = shard_name(len(meta["shards"]))
@@ -421,7 +456,7 @@ def _collect(
         # renderer would escape `except KeyboardInterrupt`).
         with DeferredInterrupt() as interrupt:
             while written < total:
-                for step, frame in rollout(env, policy, seed, episode):
+                for step, frame in rollout(env, policy, seed, episode, per_frame):
                     if step <= last_step:
                         if step == last_step and not np.allclose(
                             frame["keypoints_world"], last_keypoints, atol=1e-5
@@ -461,5 +496,6 @@ __all__ = [
     "capture_frame",
     "episode_seeds",
     "rollout",
+    "write_background",
     "write_dataset",
 ]

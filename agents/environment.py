@@ -25,6 +25,9 @@ EXTRINSICS_KEY = "camera_extrinsics"
 CAMERA_PREFIX = "cam_"
 """Observation keys of camera images are ``cam_<name>``."""
 
+STATE_KEY = "state"
+"""Observation key of the proprioception."""
+
 
 class CameraMatricesObservation(gym.Wrapper, gym.utils.RecordConstructorArgs):
     """Adds ``camera_extrinsics`` ``(C, 4, 4)`` float32, this step's world→camera matrices in
@@ -92,6 +95,8 @@ class CameraLayout:
             cameras).
         moving: per camera, whether its extrinsics change from step to step.
         image_size: ``(H, W)`` of every view.
+        background: ``(C, H, W, 3)`` uint8 views of the empty scene (``render_background``) of
+            fixed cameras; ``None`` when a camera moves or the env cannot render it.
     """
 
     names: tuple[str, ...]
@@ -99,6 +104,7 @@ class CameraLayout:
     extrinsics: np.ndarray
     moving: tuple[bool, ...]
     image_size: tuple[int, int]
+    background: np.ndarray | None = None
 
     @property
     def any_moving(self) -> bool:
@@ -123,12 +129,17 @@ def camera_layout(env_id: str, env_kwargs: Mapping[str, Any] | None = None) -> C
             return None
         env.reset(seed=0)
         cameras = env.get_wrapper_attr("cameras")
+        moving = tuple(bool(m) for m in cameras.moving)
+        background = None
+        if not any(moving) and hasattr(env.unwrapped, "render_background"):
+            background = np.asarray(env.unwrapped.render_background())
         return CameraLayout(
             names=tuple(cameras.names),
             intrinsics=np.asarray(cameras.intrinsics, np.float32),
             extrinsics=np.asarray(cameras.extrinsics, np.float32),
-            moving=tuple(bool(m) for m in cameras.moving),
+            moving=moving,
             image_size=(int(cameras.height), int(cameras.width)),
+            background=background,
         )
     finally:
         env.close()
@@ -158,6 +169,7 @@ def build_vec_env(
     gamma: float = 0.99,
     training: bool = True,
     vec_normalize_path: str | Path | None = None,
+    transpose_images: bool = True,
 ) -> VecEnv:
     """The vectorised env of a run, identical in structure for training and evaluation.
 
@@ -180,6 +192,8 @@ def build_vec_env(
             evaluation envs, whose statistics are synced from the training env).
         vec_normalize_path: ``VecNormalize`` statistics saved by an earlier run (resuming,
             evaluating), used instead of fresh ones.
+        transpose_images: add ``VecTransposeImage`` (``False`` for a wrapper that reads the
+            images channels-last, e.g. :class:`agents.features.PerceptionFeatures`).
     """
     from envs import make_vec_env
 
@@ -199,7 +213,7 @@ def build_vec_env(
             vec_env = VecNormalize(
                 vec_env, training=training, norm_obs=False, norm_reward=training, gamma=gamma
             )
-    if layout is not None:
+    if layout is not None and transpose_images:
         vec_env = VecTransposeImage(vec_env)
     return vec_env
 
@@ -207,6 +221,7 @@ def build_vec_env(
 __all__ = [
     "CAMERA_PREFIX",
     "EXTRINSICS_KEY",
+    "STATE_KEY",
     "CameraLayout",
     "CameraMatricesObservation",
     "build_vec_env",

@@ -9,12 +9,15 @@ import numpy as np
 from stable_baselines3.common.base_class import BaseAlgorithm
 
 from agents.environment import camera_layout
+from agents.features import FeaturePolicy
 from agents.training import (
     ALGORITHMS,
     EVAL_SEED_OFFSET,
     MODEL_FILE,
     VEC_NORMALIZE_FILE,
     RunDirectoryError,
+    feature_encoder,
+    frozen_perception,
     make_run_env,
     read_run_config,
     set_torch_threads,
@@ -30,12 +33,14 @@ class Evaluation:
         lengths: ``(N,)`` steps of each episode.
         successes: ``(N,)`` ``info["is_success"]`` at each episode's end.
         video: the rollout video written, if any.
+        seed: seed of the evaluation env's first reset.
     """
 
     returns: np.ndarray
     lengths: np.ndarray
     successes: np.ndarray
     video: Path | None = None
+    seed: int | None = None
 
     @property
     def mean_return(self) -> float:
@@ -52,6 +57,21 @@ class Evaluation:
     @property
     def mean_length(self) -> float:
         return float(np.mean(self.lengths))
+
+    def as_dict(self) -> dict[str, object]:
+        """The figures as plain JSON types: ``success_rate``, ``return_mean``, ``return_std``,
+        ``episode_lengths``, ``episodes``, ``seed`` (and ``video`` when one was written)."""
+        result: dict[str, object] = {
+            "success_rate": self.success_rate,
+            "return_mean": self.mean_return,
+            "return_std": self.std_return,
+            "episode_lengths": [int(length) for length in self.lengths],
+            "episodes": len(self.returns),
+            "seed": self.seed,
+        }
+        if self.video is not None:
+            result["video"] = str(self.video)
+        return result
 
     def summary(self) -> str:
         """One line: episodes, mean ± std return, success rate, mean length."""
@@ -77,6 +97,20 @@ def load(run_dir: str | Path, device: str = "auto", env: object | None = None) -
     if not (path / MODEL_FILE).is_file():
         raise RunDirectoryError(f"run {str(path)!r} has no checkpoint ({MODEL_FILE}) yet")
     return ALGORITHMS[config.algo].load(path / MODEL_FILE, env=env, device=device)
+
+
+def load_policy(run_dir: str | Path, device: str = "auto") -> BaseAlgorithm | FeaturePolicy:
+    """What acts on the env's raw observations for a run: its SB3 model, or, for a run whose
+    frozen perception runs outside the policy (``perception.freeze``), the model with that
+    perception in front (:class:`~agents.features.FeaturePolicy`)."""
+    model = load(run_dir, device=device)
+    config = read_run_config(run_dir)
+    if not frozen_perception(config):
+        return model
+    layout = camera_layout(config.env_id, config.env_kwargs)
+    encoder = feature_encoder(config, layout, Path(run_dir))
+    assert encoder is not None
+    return FeaturePolicy(model, encoder)
 
 
 def evaluate(
@@ -116,6 +150,7 @@ def evaluate(
         config.seed + EVAL_SEED_OFFSET,
         training=False,
         vec_normalize_path=stats if stats.is_file() else None,
+        encoder=feature_encoder(config, layout, path),
     )
     try:
         # No env= here: SB3's load re-seeds an attached env with the training seed, which
@@ -146,7 +181,13 @@ def evaluate(
             seed=config.seed + EVAL_SEED_OFFSET,
             device=device,
         ).path
-    return Evaluation(np.array(returns), np.array(lengths), np.array(successes), written)
+    return Evaluation(
+        np.array(returns),
+        np.array(lengths),
+        np.array(successes),
+        written,
+        seed=config.seed + EVAL_SEED_OFFSET,
+    )
 
 
-__all__ = ["Evaluation", "evaluate", "load"]
+__all__ = ["Evaluation", "evaluate", "load", "load_policy"]

@@ -24,7 +24,7 @@ from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import nn
 
-from agents.environment import CAMERA_PREFIX, EXTRINSICS_KEY
+from agents.environment import CAMERA_PREFIX, EXTRINSICS_KEY, STATE_KEY
 from kp3d.perception import (
     Perception,
     PerceptionOutput,
@@ -32,9 +32,6 @@ from kp3d.perception import (
     images_from_observation,
     make_perception,
 )
-
-STATE_KEY = "state"
-"""Observation key of the proprioception."""
 
 
 def _image_layout(space: spaces.Box, key: str) -> tuple[tuple[int, int], bool]:
@@ -70,13 +67,12 @@ class PerceptionExtractor(BaseFeaturesExtractor):
         perception_kwargs: the perception's hyperparameters.
         use_state: concatenate the ``state`` observation.
         projection_dim: width of the final ``Linear + ReLU``; ``None`` for none.
-        freeze_perception: keep the perception fixed (e.g. pretrained with ``kp3d pretrain``):
-            its parameters take no gradients, it stays in eval mode and computes no auxiliary
-            losses. Algorithms give a frozen perception no updates of its own.
+
+    A perception that does not learn (``perception.freeze``) is not run here but once per env
+    step, outside the policy (:mod:`agents.features`).
 
     Attributes:
         perception: the perception module.
-        frozen: ``freeze_perception``.
         detach_features: the policy sees detached perception features (set by algorithms that
             train the perception apart from the RL loss).
         last_losses: named weighted auxiliary losses of the last forward pass inside
@@ -94,7 +90,6 @@ class PerceptionExtractor(BaseFeaturesExtractor):
         perception_kwargs: Mapping[str, object] | None = None,
         use_state: bool = True,
         projection_dim: int | None = 512,
-        freeze_perception: bool = False,
     ) -> None:
         if not isinstance(observation_space, spaces.Dict):
             raise TypeError(
@@ -156,70 +151,29 @@ class PerceptionExtractor(BaseFeaturesExtractor):
             else nn.Identity()
         )
         self.detach_features = False
-        self.frozen = freeze_perception
-        if freeze_perception:
-            module.requires_grad_(False)
-            module.eval()
         self.last_losses: dict[str, torch.Tensor] = {}
         self.last_visuals = PerceptionVisuals()
         self._compute_losses = False
-        self._given_features: torch.Tensor | None = None
-
-    def train(self, mode: bool = True) -> PerceptionExtractor:
-        """Set training mode; a frozen perception stays in eval mode (no augmentations, no
-        batch-norm statistics updates)."""
-        super().train(mode)
-        if self.frozen:
-            self.perception.eval()
-        return self
+        self._loss_samples: int | None = None
 
     @contextlib.contextmanager
-    def computing_losses(self, enabled: bool = True) -> Iterator[None]:
+    def computing_losses(self, enabled: bool = True, samples: int | None = None) -> Iterator[None]:
         """Within the block, forward passes compute the perception's auxiliary losses into
         :attr:`last_losses` (rollouts skip them, and with them any decoder). Read them inside the
-        block: on leaving it they are dropped, so that no computation graph outlives it."""
-        previous = self._compute_losses
-        self._compute_losses = enabled
-        try:
-            yield
-        finally:
-            self._compute_losses = previous
-            self.last_losses = {}
+        block: on leaving it they are dropped, so that no computation graph outlives it.
 
-    @contextlib.contextmanager
-    def given_perception_features(self, features: torch.Tensor | None) -> Iterator[None]:
-        """Within the block, :meth:`forward` takes the frozen perception's features from
-        ``features (B, F)`` (rows in the order of the observations it is given) instead of running
-        the perception. A frozen perception is a fixed function of the observation, so features
-        computed once per rollout (:meth:`perception_features`) serve every PPO epoch exactly.
-        ``None`` leaves :meth:`forward` as it is.
-
-        Raises:
-            RuntimeError: if the perception is not frozen (its features change with every step).
+        Args:
+            enabled: compute the losses.
+            samples: compute them on the first ``samples`` observations of a batch only (the
+                rest are encoded without the decoder); ``None``: on all.
         """
-        if features is not None and not self.frozen:
-            raise RuntimeError("only a frozen perception's features can be given in advance")
-        previous = self._given_features
-        self._given_features = features
+        previous = self._compute_losses, self._loss_samples
+        self._compute_losses, self._loss_samples = enabled, samples
         try:
             yield
         finally:
-            self._given_features = previous
-
-    @torch.no_grad()
-    def perception_features(
-        self, observations: Mapping[str, torch.Tensor], chunk_size: int = 256
-    ) -> torch.Tensor:
-        """``(B, F)`` features of the (frozen) perception for preprocessed observations, computed
-        ``chunk_size`` observations at a time without gradients."""
-        count = len(next(iter(observations.values())))
-        chunks = [
-            self.perceive(
-                {key: value[start : start + chunk_size] for key, value in observations.items()}
-            ).features
-            for start in range(0, count, chunk_size)
-        ]
-        return torch.cat(chunks)
+            self._compute_losses, self._loss_samples = previous
+            self.last_losses = {}
 
     def camera_images(self, observations: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """``(B, C, 3, H, W)`` float images in camera order from (preprocessed) observations."""
@@ -247,18 +201,18 @@ class PerceptionExtractor(BaseFeaturesExtractor):
 
     def forward(self, observations: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """``(B, features_dim)`` policy features from a batch of preprocessed observations."""
-        if self._given_features is not None:
-            features = self._given_features
-            batch = len(next(iter(observations.values())))
-            if features.shape[0] != batch:
-                raise ValueError(
-                    f"given perception features are for {features.shape[0]} observations; the "
-                    f"batch has {batch}"
-                )
+        batch = len(next(iter(observations.values())))
+        split = self._loss_samples
+        if self._compute_losses and split is not None and split < batch:
+            with_losses = self.perceive(
+                {key: value[:split] for key, value in observations.items()}, compute_losses=True
+            )
+            rest = self.perceive({key: value[split:] for key, value in observations.items()})
+            features = torch.cat([with_losses.features, rest.features])
+            self.last_losses = with_losses.losses
+            self.last_visuals = with_losses.visuals
             return self._combine(features, observations)
-        output = self.perceive(
-            observations, compute_losses=self._compute_losses and not self.frozen
-        )
+        output = self.perceive(observations, compute_losses=self._compute_losses)
         self.last_losses = output.losses
         self.last_visuals = output.visuals
         return self._combine(output.features, observations)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import numpy as np
@@ -12,7 +11,7 @@ from gymnasium import spaces
 from stable_baselines3 import PPO
 from stable_baselines3.common.policies import BasePolicy, MultiInputActorCriticPolicy
 from stable_baselines3.common.preprocessing import preprocess_obs
-from stable_baselines3.common.type_aliases import DictRolloutBufferSamples, Schedule
+from stable_baselines3.common.type_aliases import Schedule
 from stable_baselines3.common.utils import explained_variance, obs_as_tensor
 from torch.nn import functional as F
 
@@ -135,8 +134,6 @@ class PerceptionPPO(PPO):
         if extractor is None:
             return
         extractor.detach_features = not self.joint
-        if extractor.frozen:
-            return  # a frozen perception takes no updates of its own
         self.perception_optimizer = th.optim.Adam(
             extractor.perception.parameters(), lr=self.unsupervised_learning_rate
         )
@@ -203,18 +200,14 @@ class PerceptionPPO(PPO):
         perception_grad_norms = []
         approx_kl_divs: list[float] = []
         continue_training = True
-        frozen = self._frozen_rollout(extractor) if extractor.frozen else None
         for epoch in range(self.n_epochs):
             approx_kl_divs = []
-            for rollout_data, perception_features in self._minibatches(frozen):
+            for rollout_data in self.rollout_buffer.get(self.batch_size):
                 actions = rollout_data.actions
                 if isinstance(self.action_space, spaces.Discrete):
                     actions = rollout_data.actions.long().flatten()
 
-                with (
-                    extractor.computing_losses(self.joint),
-                    extractor.given_perception_features(perception_features),
-                ):
+                with extractor.computing_losses(self.joint):
                     values, log_prob, entropy = self.policy.evaluate_actions(
                         rollout_data.observations, actions
                     )
@@ -288,45 +281,6 @@ class PerceptionPPO(PPO):
         aux_log.record(self.logger, "joint_aux")
         if perception_grad_norms:
             self.logger.record("kp3d/perception_grad_norm", np.mean(perception_grad_norms))
-
-    def _frozen_rollout(
-        self, extractor: PerceptionExtractor
-    ) -> tuple[DictRolloutBufferSamples, th.Tensor]:
-        """The whole rollout as one sample, and a frozen perception's features of it.
-
-        A frozen perception is a fixed function of the observation: its features are computed
-        once per update here instead of in every minibatch of every epoch (``n_epochs`` times
-        fewer perception passes; the PPO update itself is unchanged).
-        """
-        (everything,) = self.rollout_buffer.get(None)
-        observations = everything.observations
-        count = len(everything.actions)
-        chunks = []
-        for start in range(0, count, self.batch_size):
-            chunk = {
-                key: value[start : start + self.batch_size] for key, value in observations.items()
-            }
-            chunks.append(
-                extractor.perception_features(preprocess_obs(chunk, self.observation_space))
-            )
-        return everything, th.cat(chunks)
-
-    def _minibatches(
-        self, frozen: tuple[DictRolloutBufferSamples, th.Tensor] | None
-    ) -> Iterator[tuple[DictRolloutBufferSamples, th.Tensor | None]]:
-        """One epoch of minibatches: SB3's, or for a frozen perception, shuffled slices of
-        :meth:`_frozen_rollout` with their precomputed perception features."""
-        if frozen is None:
-            for rollout_data in self.rollout_buffer.get(self.batch_size):
-                yield rollout_data, None
-            return
-        everything, features = frozen
-        order = th.randperm(len(features), device=features.device)
-        for start in range(0, len(order), self.batch_size):
-            index = order[start : start + self.batch_size]
-            observations = {key: value[index] for key, value in everything.observations.items()}
-            rest = (field[index] for field in everything[1:])
-            yield type(everything)(observations, *rest), features[index]
 
     def _train_unsupervised(self, extractor: PerceptionExtractor) -> None:
         """``unsupervised_steps`` steps of the auxiliary losses on frames from the buffer."""

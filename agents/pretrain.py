@@ -43,6 +43,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+import warnings
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -61,9 +62,10 @@ from agents.config import (
     read_config_file,
 )
 from agents.progress import progress_bar
+from agents.runs import resolve_device
 from kp3d import geometry
 from kp3d.data import OPTIONAL_FIELDS, DatasetInfo, FrameDataset, read_info
-from kp3d.metrics import image_side, length_in_pixels, linear_probe, pck
+from kp3d.metrics import ProbeResult, image_side, length_in_pixels, linear_probe, pck
 from kp3d.perception import (
     Perception,
     PerceptionOutput,
@@ -338,8 +340,12 @@ def evaluate_perception(
     """Held-out metrics of ``module`` (see the module docstring).
 
     Returns:
-        ``probe_error`` (normalised by the env's length), ``probe_error_m``, ``probe_r2``,
-        ``probe_error_per_keypoint``; for labelled modules also ``pck@<a>`` (image side),
+        ``probe_per_keypoint`` (for every ground-truth keypoint by name: ``r2``, the R² of its
+        worst varying coordinate, or ``None`` for a keypoint that never moves, and ``error_m``,
+        its mean error in metres), ``probe_error`` (normalised by the env's length),
+        ``probe_error_m``, ``probe_error_per_keypoint`` and ``probe_r2_pooled`` (over every
+        coordinate of every keypoint: not a measure of whether each keypoint is carried, see
+        :class:`kp3d.metrics.ProbeResult`); for labelled modules also ``pck@<a>`` (image side),
         ``pck@<a>L`` (normalising length), their per-keypoint lists, and ``keypoint_error`` /
         ``keypoint_error_m`` when the module outputs the env's keypoints in 3D.
     """
@@ -363,10 +369,11 @@ def evaluate_perception(
         length,
     )
     metrics: dict[str, Any] = {
+        "probe_per_keypoint": probe_table(probe, info.keypoint_names),
         "probe_error": probe.error,
         "probe_error_m": probe.error_m,
-        "probe_r2": probe.r2,
         "probe_error_per_keypoint": probe.error_per_keypoint.tolist(),
+        "probe_r2_pooled": probe.r2,
     }
     if not module.requires_labels:
         return metrics
@@ -396,18 +403,38 @@ def evaluate_perception(
 # -- the run --------------------------------------------------------------------------------------
 
 
-def resolve_device(device: str) -> torch.device:
-    """``auto`` → CUDA when present, else CPU; anything else as torch reads it."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(device)
-    except RuntimeError as error:
-        raise ConfigError(f"'device' {device!r} is not a torch device: {error}") from None
+def probe_table(probe: ProbeResult, names: Sequence[str]) -> dict[str, dict[str, float | None]]:
+    """``{keypoint: {"r2": worst-axis R² or None, "error_m": mean error}}`` of a linear probe."""
+    return {
+        name: {
+            "r2": None if np.isnan(r2) else float(r2),
+            "error_m": float(error),
+        }
+        for name, r2, error in zip(
+            names, probe.r2_per_keypoint, probe.error_m_per_keypoint, strict=True
+        )
+    }
+
+
+def describe_probe(first: dict[str, Any], last: dict[str, Any]) -> str:
+    """A table of two evaluations' probes (e.g. the untrained and the trained network): per
+    ground-truth keypoint, the held-out R² of its worst axis and the mean error in cm."""
+
+    def cell(entry: dict[str, Any]) -> str:
+        r2 = "    —" if entry["r2"] is None else f"{entry['r2']:6.3f}"
+        return f"{r2} {100 * entry['error_m']:6.1f} cm"
+
+    lines = [
+        f"  {'keypoint':>16}  {'step ' + str(first['step']):>16}  {'step ' + str(last['step']):>16}"
+    ]
+    for name, entry in last.get("probe_per_keypoint", {}).items():
+        before = first["probe_per_keypoint"][name]
+        lines.append(f"  {name:>16}  {cell(before):>16}  {cell(entry):>16}")
+    return "\n".join(lines)
 
 
 def _new_run_dir(config: PretrainConfig, info: DatasetInfo, run_dir: str | Path | None) -> Path:
-    from agents.training import new_run_dir
+    from agents.runs import new_run_dir
 
     stem = f"{info.env_id.replace('/', '-')}__{config.exp_name}__{config.seed}__{int(time.time())}"
     return new_run_dir(run_dir, Path("runs") / "pretrain" / stem)
@@ -418,7 +445,7 @@ def pretrain(config: PretrainConfig, run_dir: str | Path | None = None) -> Path:
 
     Raises:
         ConfigError: for an invalid config.
-        agents.training.RunDirectoryError: for a ``run_dir`` that holds something.
+        agents.runs.RunDirectoryError: for a ``run_dir`` that holds something.
         PretrainInterrupted: on Ctrl-C, after saving a resumable checkpoint.
     """
     if config.exp_name is None:
@@ -462,14 +489,14 @@ def resume_pretrain(run_dir: str | Path, overrides: Sequence[str] = ()) -> Path:
 
 
 def _train(config: PretrainConfig, run_dir: Path, resuming: bool) -> Path:
-    from agents.training import make_logger, set_torch_threads
+    from agents.runs import make_logger, set_torch_threads
 
     set_torch_threads(config.torch_threads)
     device = resolve_device(config.device)
     name = config.perception.name
     cls = perception_class(name)
     pairs = config.pair_offset if cls.uses_pairs else False
-    load = tuple(dict.fromkeys(["keypoints", *config.load]))
+    load = tuple(dict.fromkeys(["keypoints", "backgrounds", *config.load]))
     train_set = FrameDataset(config.dataset, "train", config.test_fraction, pairs=pairs, load=load)
     test_set = FrameDataset(config.dataset, "test", config.test_fraction, load=("keypoints",))
     info = train_set.info
@@ -497,6 +524,15 @@ def _train(config: PretrainConfig, run_dir: Path, resuming: bool) -> Path:
             image_size=info.image_size,
             **{**label_kwargs(name, info), **config.perception.kwargs},
         )
+        if train_set.background is not None:
+            module.set_background(train_set.background)
+        elif info.background is None:
+            warnings.warn(
+                f"{config.dataset} stores no empty-scene images (written by an older kp3d): "
+                "foreground-weighted losses estimate it from each batch, which assumes fixed "
+                "cameras. Rewrite the dataset with `kp3d dataset` to store it.",
+                stacklevel=2,
+            )
         step = 0
     module.to(device).train()
     optimizer = torch.optim.Adam(module.parameters(), lr=config.learning_rate)
@@ -527,6 +563,10 @@ def _train(config: PretrainConfig, run_dir: Path, resuming: bool) -> Path:
         for key, value in last_metrics.items():
             if isinstance(value, float):
                 logger.record(f"eval/{key}", value)
+        for keypoint, entry in last_metrics["probe_per_keypoint"].items():
+            if entry["r2"] is not None:
+                logger.record(f"eval/r2/{keypoint}", entry["r2"])
+            logger.record(f"eval/error_m/{keypoint}", entry["error_m"])
         logger.record("train/step", step)
         logger.dump(step)
 
@@ -575,6 +615,13 @@ def _train(config: PretrainConfig, run_dir: Path, resuming: bool) -> Path:
         if not last_metrics or json.loads(_last_line(run_dir / EVALUATIONS_FILE))["step"] != step:
             evaluate()
         checkpoint()
+        bar.close()
+        history = (run_dir / EVALUATIONS_FILE).read_text().splitlines()
+        print(
+            "held-out linear probe of the keypoints (R² of the worst axis, mean error):\n"
+            + describe_probe(json.loads(history[0]), json.loads(history[-1])),
+            flush=True,
+        )
     except KeyboardInterrupt:
         checkpoint()
         print(
@@ -689,6 +736,7 @@ __all__ = [
     "PretrainInterrupted",
     "PretrainPerceptionConfig",
     "check_pretrain_config",
+    "describe_probe",
     "detected_pixels",
     "encode",
     "evaluate_perception",
@@ -698,5 +746,6 @@ __all__ = [
     "pretrain",
     "pretrained_perception",
     "probe_features",
+    "probe_table",
     "resume_pretrain",
 ]

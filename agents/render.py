@@ -68,8 +68,9 @@ from agents.drawing import (
     resize_nearest,
 )
 from agents.environment import CAMERA_PREFIX, EXTRINSICS_KEY, make_env
-from agents.evaluation import load
+from agents.evaluation import load_policy
 from agents.extractor import perception_extractor
+from agents.features import FeatureEncoder, FeaturePolicy
 from agents.progress import progress_bar
 from agents.training import EVAL_SEED_OFFSET, read_run_config, set_torch_threads
 from agents.video import ffmpeg_available, keypoint_colors, upscale, write_video
@@ -647,7 +648,7 @@ class RolloutRenderer:
             raise ValueError(f"max_steps must be at least 1; got {max_steps}")
         if upscale is not None and upscale < 1:
             raise ValueError(f"upscale must be a positive integer; got {upscale}")
-        model: BaseAlgorithm | None = None
+        model: BaseAlgorithm | FeaturePolicy | None = None
         policy_label = "random actions"
         if isinstance(source, (str, os.PathLike)):
             config = read_run_config(source)
@@ -662,10 +663,10 @@ class RolloutRenderer:
             # As the run trained and evaluate() evaluates: small convs gain nothing from more
             # threads on a CPU, and their threads wait for each other when cores are busy.
             set_torch_threads(config.torch_threads)
-            model = load(source, device=device)
+            model = load_policy(source, device=device)
             if not random_policy:
                 policy_label = f"{Path(source).name}, {model.num_timesteps} steps"
-        elif isinstance(source, BaseAlgorithm):
+        elif isinstance(source, (BaseAlgorithm, FeaturePolicy)):
             model = source
             if not random_policy:
                 policy_label = f"{type(model).__name__}, {model.num_timesteps} steps"
@@ -687,8 +688,9 @@ class RolloutRenderer:
             policy_label += ", deterministic" if deterministic else ", sampled actions"
 
         module = None
-        extractor = perception_extractor(model.policy) if model is not None else None
-        if extractor is not None:
+        if isinstance(model, FeaturePolicy):
+            module = model.encoder.perception
+        elif model is not None and (extractor := perception_extractor(model.policy)) is not None:
             module = extractor.perception
         if perception is not None:
             if module is not None:
@@ -701,11 +703,14 @@ class RolloutRenderer:
             else:
                 module = load_perception(perception, device=get_device(device))
 
-        needs_matrices = (
-            model is not None
-            and hasattr(model.observation_space, "spaces")
-            and EXTRINSICS_KEY in model.observation_space.spaces
-        )
+        if isinstance(model, FeaturePolicy):
+            needs_matrices = model.encoder.layout.any_moving
+        else:
+            needs_matrices = (
+                model is not None
+                and hasattr(model.observation_space, "spaces")
+                and EXTRINSICS_KEY in model.observation_space.spaces
+            )
         self.env = make_env(env_id, env_kwargs, camera_matrices=needs_matrices)
         try:
             self._setup(module, cameras, max_steps)
@@ -1091,6 +1096,8 @@ class VideoCallback(BaseCallback):
         max_steps: cut episodes after this many steps (``None``: the env's time limit).
         seed: seed of each video's env (the same episodes every time, to compare).
         verbose: 1 prints each video's path.
+        encoder: the frozen perception in front of the policy, for a model trained on its
+            features (:mod:`agents.features`).
     """
 
     def __init__(
@@ -1104,6 +1111,7 @@ class VideoCallback(BaseCallback):
         max_steps: int | None = None,
         seed: int = 0,
         verbose: int = 0,
+        encoder: FeatureEncoder | None = None,
     ) -> None:
         super().__init__(verbose)
         if freq < 1:
@@ -1116,6 +1124,7 @@ class VideoCallback(BaseCallback):
         self.deterministic = deterministic
         self.max_steps = max_steps
         self.seed = seed
+        self.encoder = encoder
         self._done_at = 0
 
     def _init_callback(self) -> None:
@@ -1136,7 +1145,7 @@ class VideoCallback(BaseCallback):
         with (
             torch.random.fork_rng(devices=devices),
             RolloutRenderer(
-                self.model,
+                self.model if self.encoder is None else FeaturePolicy(self.model, self.encoder),
                 env_id=self.env_id,
                 env_kwargs=self.env_kwargs,
                 episodes=self.episodes,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -14,7 +15,18 @@ from stable_baselines3.common.utils import polyak_update
 from stable_baselines3.sac.policies import Actor, MultiInputPolicy
 from torch.nn import functional as F
 
+from agents.buffers import FrameReplayBuffer
 from agents.extractor import LossLog, PerceptionExtractor, perception_extractor
+
+
+@dataclass
+class Encoded:
+    """Features already computed by a features extractor, passed where SB3 passes observations
+    (``actor.action_log_prob(Encoded(f))``, ``critic(Encoded(f), actions)``): the actor and the
+    critic then skip their extractor. :meth:`PerceptionSAC.train` encodes each batch once and
+    reuses the features."""
+
+    features: th.Tensor
 
 
 class DetachedFeaturesActor(Actor):
@@ -22,8 +34,10 @@ class DetachedFeaturesActor(Actor):
     trains the (shared) extractor."""
 
     def extract_features(  # type: ignore[override]
-        self, obs: PyTorchObs, features_extractor: BaseFeaturesExtractor
+        self, obs: PyTorchObs | Encoded, features_extractor: BaseFeaturesExtractor
     ) -> th.Tensor:
+        if isinstance(obs, Encoded):
+            return obs.features.detach()
         with th.no_grad():
             return super().extract_features(obs, features_extractor)
 
@@ -36,10 +50,13 @@ class PerceptionCritic(ContinuousCritic):
     """
 
     def forward(  # type: ignore[override]
-        self, obs: th.Tensor, actions: th.Tensor, detach_features: bool = False
+        self, obs: PyTorchObs | Encoded, actions: th.Tensor, detach_features: bool = False
     ) -> tuple[th.Tensor, ...]:
-        with th.set_grad_enabled(th.is_grad_enabled() and not detach_features):
-            features = self.extract_features(obs, self.features_extractor)
+        if isinstance(obs, Encoded):
+            features = obs.features.detach() if detach_features else obs.features
+        else:
+            with th.set_grad_enabled(th.is_grad_enabled() and not detach_features):
+                features = self.extract_features(obs, self.features_extractor)
         qvalue_input = th.cat([features, actions], dim=1)
         return tuple(q_net(qvalue_input) for q_net in self.q_networks)
 
@@ -94,15 +111,20 @@ class PerceptionSAC(SAC):
     Haarnoja et al., "Soft Actor-Critic Algorithms and Applications", 2018 (arXiv:1812.05905),
     with the encoder arrangement of DrQ (Kostrikov, Yarats, Fergus, ICLR 2021) and SAC-AE (Yarats
     et al., AAAI 2021): the perception is trained by the critic loss plus its own auxiliary losses
-    (``aux_loss_coef`` times their weighted sum, computed on the critic's forward pass), and the
-    actor acts on detached features (:class:`PerceptionSACPolicy`). Keypoint3D's paper uses PPO;
-    this is the off-policy variant for comparison.
+    (``aux_loss_coef`` times their weighted sum), and the actor acts on detached features
+    (:class:`PerceptionSACPolicy`). The perception's training-mode augmentation (Keypoint3D's
+    random crops, DrQ's random shifts) applies to the online encoder. Keypoint3D's paper uses PPO;
+    this is the off-policy variant.
 
-    Memory: SB3's ``DictReplayBuffer`` stores every image twice (observation and next
-    observation; ``optimize_memory_usage`` is not supported with Dict observations), about 74 KB
-    per transition for 3 cameras at 64x64: 20 000 transitions take about 1.5 GB.
+    Cost per gradient step: the online perception encodes the batch's observations once (with
+    gradients, and its decoder for the auxiliary losses on the first ``aux_batch_size`` of them)
+    and its next observations once (without gradients, for the next actions); the target critic's
+    copy encodes the next observations for the targets. The actor's action and loss reuse the
+    observations' features (detached, from before this step's critic update), where SB3 runs a
+    features extractor five times per step. The replay buffer (:class:`FrameReplayBuffer`)
+    stores each image once.
 
-    With ``"MlpPolicy"`` (state observations) this is SB3's SAC unchanged.
+    With ``"MlpPolicy"`` (states, or a frozen perception's features) this is SB3's SAC unchanged.
 
     Logged under ``kp3d/``: ``aux_loss`` and ``aux/<term>`` (the auxiliary losses).
 
@@ -114,6 +136,8 @@ class PerceptionSAC(SAC):
             detached features and only the auxiliary losses train the perception.
         aux_loss_coef: multiplier of the perception's weighted auxiliary losses in the critic
             loss.
+        aux_batch_size: compute the auxiliary losses on this many of each batch's observations
+            (the decoder is most of a step's cost); ``None``: on all of them.
         **kwargs: SB3 SAC's arguments (``learning_rate``, ``buffer_size``, ``learning_starts``,
             ``batch_size``, ``tau``, ``gamma``, ``train_freq``, ``gradient_steps``, ``ent_coef``,
             ``policy_kwargs``, ``seed``, ``device``...). DrQ uses lr 1e-3, batch 128, tau 0.01
@@ -132,12 +156,18 @@ class PerceptionSAC(SAC):
         env: Any,
         joint: bool = True,
         aux_loss_coef: float = 1.0,
+        aux_batch_size: int | None = None,
         _init_setup_model: bool = True,
         **kwargs: Any,
     ) -> None:
+        if policy == "MultiInputPolicy" and kwargs.get("replay_buffer_class") is None:
+            kwargs["replay_buffer_class"] = FrameReplayBuffer
         super().__init__(policy, env, _init_setup_model=False, **kwargs)
+        if aux_batch_size is not None and aux_batch_size < 1:
+            raise ValueError(f"aux_batch_size must be positive or None; got {aux_batch_size}")
         self.joint = joint
         self.aux_loss_coef = aux_loss_coef
+        self.aux_batch_size = aux_batch_size
         if _init_setup_model:
             self._setup_model()
 
@@ -153,7 +183,8 @@ class PerceptionSAC(SAC):
             extractor.detach_features = not self.joint
 
     def train(self, gradient_steps: int, batch_size: int = 64) -> None:
-        """SB3's ``SAC.train`` loop with the perception trained by the critic and its losses."""
+        """SB3's ``SAC.train`` loop (copied: the steps below differ), with each batch encoded
+        once and the perception trained by the critic and its own losses."""
         extractor = self.extractor
         if extractor is None:
             super().train(gradient_steps, batch_size)
@@ -173,7 +204,27 @@ class PerceptionSAC(SAC):
             if self.use_sde:
                 self.actor.reset_noise()
 
-            actions_pi, log_prob = self.actor.action_log_prob(replay_data.observations)
+            # Differs from SB3: one online pass with gradients (and the auxiliary losses) for the
+            # observations, one without for the next observations, one of the target copy.
+            with extractor.computing_losses(samples=self.aux_batch_size):
+                features = self.critic.extract_features(
+                    replay_data.observations, self.critic.features_extractor
+                )
+                aux_losses = dict(extractor.last_losses)
+            encoded = Encoded(features)
+            with th.no_grad():
+                next_online = Encoded(
+                    self.critic.extract_features(
+                        replay_data.next_observations, self.critic.features_extractor
+                    )
+                )
+                next_target = Encoded(
+                    self.critic_target.extract_features(
+                        replay_data.next_observations, self.critic_target.features_extractor
+                    )
+                )
+
+            actions_pi, log_prob = self.actor.action_log_prob(encoded)
             log_prob = log_prob.reshape(-1, 1)
 
             ent_coef_loss = None
@@ -192,18 +243,15 @@ class PerceptionSAC(SAC):
                 self.ent_coef_optimizer.step()
 
             with th.no_grad():
-                next_observations = replay_data.next_observations
-                next_actions, next_log_prob = self.actor.action_log_prob(next_observations)
-                next_q_values = th.cat(self.critic_target(next_observations, next_actions), dim=1)
+                next_actions, next_log_prob = self.actor.action_log_prob(next_online)
+                next_q_values = th.cat(self.critic_target(next_target, next_actions), dim=1)
                 next_q_values, _ = th.min(next_q_values, dim=1, keepdim=True)
                 next_q_values = next_q_values - ent_coef * next_log_prob.reshape(-1, 1)
                 target_q_values = (
                     replay_data.rewards + (1 - replay_data.dones) * discounts * next_q_values
                 )
 
-            with extractor.computing_losses():
-                current_q_values = self.critic(replay_data.observations, replay_data.actions)
-                aux_losses = dict(extractor.last_losses)
+            current_q_values = self.critic(encoded, replay_data.actions)
             critic_loss = 0.5 * sum(F.mse_loss(q, target_q_values) for q in current_q_values)
             assert isinstance(critic_loss, th.Tensor)
             critic_losses.append(critic_loss.item())
@@ -214,9 +262,8 @@ class PerceptionSAC(SAC):
             critic_loss.backward()
             self.critic.optimizer.step()
 
-            q_values_pi = th.cat(
-                self.critic(replay_data.observations, actions_pi, detach_features=True), dim=1
-            )
+            # The actor loss reads the observations' features from before this critic update.
+            q_values_pi = th.cat(self.critic(encoded, actions_pi, detach_features=True), dim=1)
             min_qf_pi, _ = th.min(q_values_pi, dim=1, keepdim=True)
             actor_loss = (ent_coef * log_prob - min_qf_pi).mean()
             actor_losses.append(actor_loss.item())
@@ -238,4 +285,10 @@ class PerceptionSAC(SAC):
         aux_log.record(self.logger, "aux")
 
 
-__all__ = ["DetachedFeaturesActor", "PerceptionCritic", "PerceptionSAC", "PerceptionSACPolicy"]
+__all__ = [
+    "DetachedFeaturesActor",
+    "Encoded",
+    "PerceptionCritic",
+    "PerceptionSAC",
+    "PerceptionSACPolicy",
+]

@@ -5,6 +5,7 @@ A run lives in one directory, by default ``runs/{env}__{exp_name}__{seed}__{unix
 
     config.yaml        the resolved config (every field)
     model.zip          the latest checkpoint: policy, optimizers, step count (SB3 zip)
+    perception.pt      the frozen perception the policy acts through (``perception.freeze``)
     vecnormalize.pkl   reward normalisation statistics, when rewards are normalised
     replay_buffer.pkl  SAC's replay buffer, when sac.save_replay_buffer is set
     logs/              TensorBoard event files and progress*.csv
@@ -30,7 +31,6 @@ from typing import Any
 import numpy as np
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
-from stable_baselines3.common.logger import Logger, make_output_format
 from stable_baselines3.common.vec_env import VecEnv
 from torch import nn
 
@@ -44,17 +44,27 @@ from agents.config import (
     save_config,
 )
 from agents.environment import CameraLayout, build_vec_env, camera_layout
-from agents.extractor import PerceptionExtractor
+from agents.extractor import PerceptionExtractor, perception_extractor
+from agents.features import FeatureEncoder, PerceptionFeatures
 from agents.ppo import PerceptionPPO
+from agents.runs import (
+    LOG_DIR,
+    RunDirectoryError,
+    check_new_run_dir,
+    make_logger,
+    new_run_dir,
+    resolve_device,
+    set_torch_threads,
+)
 from agents.sac import PerceptionSAC
 from kp3d.files import atomic_write
 from kp3d.interrupts import DeferredInterrupt
 
 CONFIG_FILE = "config.yaml"
 MODEL_FILE = "model.zip"
+PERCEPTION_FILE = "perception.pt"
 VEC_NORMALIZE_FILE = "vecnormalize.pkl"
 REPLAY_BUFFER_FILE = "replay_buffer.pkl"
-LOG_DIR = "logs"
 EVAL_DIR = "eval"
 
 ALGORITHMS: dict[str, type[BaseAlgorithm]] = {"ppo": PerceptionPPO, "sac": PerceptionSAC}
@@ -76,10 +86,6 @@ RESUMABLE_KEYS = (
 
 EVAL_SEED_OFFSET = 10_000
 """The evaluation env's seed is the run's seed plus this, away from the training envs' seeds."""
-
-
-class RunDirectoryError(ValueError):
-    """A run directory that cannot be used (taken by another run, or not a run)."""
 
 
 class StopOnInterrupt(BaseCallback):
@@ -117,38 +123,10 @@ def run_name(config: TrainConfig, timestamp: int | None = None) -> str:
     return f"{config.env_id.replace('/', '-')}__{config.exp_name}__{config.seed}__{stamp}"
 
 
-def check_new_run_dir(path: Path) -> None:
-    """Refuse a directory that holds anything: a run never overwrites another."""
-    if path.exists() and (not path.is_dir() or any(path.iterdir())):
-        raise RunDirectoryError(
-            f"run directory {str(path)!r} already exists and is not empty; choose another "
-            f"--run-dir, or continue that run with --resume {path}"
-        )
-
-
 def create_run_dir(config: TrainConfig, run_dir: str | Path | None, root: str | Path) -> Path:
     """Make a fresh run directory: ``run_dir`` if given (it must not hold anything yet), else
     :func:`run_name` under ``root`` (with a ``_2``, ``_3``... suffix if taken)."""
     return new_run_dir(run_dir, Path(root) / run_name(config))
-
-
-def new_run_dir(run_dir: str | Path | None, default: Path) -> Path:
-    """Make a fresh directory: ``run_dir`` if given (it must not hold anything yet), else
-    ``default`` (with a ``_2``, ``_3``... suffix if taken)."""
-    if run_dir is not None:
-        path = Path(run_dir)
-        check_new_run_dir(path)
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-    base = default
-    for attempt in range(1, 1000):
-        path = base if attempt == 1 else base.with_name(f"{base.name}_{attempt}")
-        try:
-            path.mkdir(parents=True)
-            return path
-        except FileExistsError:
-            continue
-    raise RunDirectoryError(f"could not create a fresh run directory next to {base}")
 
 
 def save_checkpoint(model: BaseAlgorithm, run_dir: Path, replay_buffer: bool = False) -> None:
@@ -231,14 +209,58 @@ def check_perception(config: TrainConfig, layout: CameraLayout | None) -> None:
         raise ConfigError(f"'perception.kwargs': {error}") from None
 
 
+def frozen_perception(config: TrainConfig) -> bool:
+    """Whether the run's perception is frozen, i.e. runs outside the policy
+    (:mod:`agents.features`)."""
+    return config.perception.name is not None and config.perception.freeze
+
+
+def feature_encoder(
+    config: TrainConfig, layout: CameraLayout | None, run_dir: Path | None = None
+) -> FeatureEncoder | None:
+    """The frozen perception of a ``perception.freeze`` run as a :class:`FeatureEncoder`
+    (``None`` for other runs).
+
+    It is read from the run's ``perception.pt`` when there is one; otherwise it is built from
+    ``perception.pretrained`` (or, without one, initialised with the run's seed: a fixed random
+    network) and, given ``run_dir``, written there, so that the run keeps the perception its
+    policy was trained with.
+    """
+    if not frozen_perception(config) or layout is None:
+        return None
+    import torch
+
+    from kp3d.perception import load_perception, make_perception, save_perception
+
+    path = None if run_dir is None else Path(run_dir) / PERCEPTION_FILE
+    if path is not None and path.is_file():
+        module = load_perception(path)
+    else:
+        checkpoint = pretrained_checkpoint(config, layout)
+        torch.manual_seed(config.seed)
+        module = make_perception(
+            str(config.perception.name),
+            num_cameras=len(layout.names),
+            image_size=layout.image_size,
+            **perception_kwargs(config, layout),
+        )
+        if checkpoint is not None:
+            module.load_state_dict(checkpoint["state_dict"])
+        if path is not None:
+            save_perception(module, path, pretrained=config.perception.pretrained)
+    device = resolve_device(config.device)
+    return FeatureEncoder(module, layout, config.perception.use_state, device)
+
+
 def policy_arguments(config: TrainConfig, layout: CameraLayout | None) -> tuple[str, dict]:
-    """The SB3 policy name and ``policy_kwargs`` of a config."""
+    """The SB3 policy name and ``policy_kwargs`` of a config (``MlpPolicy`` on states, and on
+    a frozen perception's features)."""
     section = config.ppo if config.algo == "ppo" else config.sac
     kwargs: dict[str, Any] = {
         "net_arch": list(section.net_arch),
         "activation_fn": ACTIVATIONS[section.activation],
     }
-    if config.perception.name is None or layout is None:
+    if config.perception.name is None or layout is None or frozen_perception(config):
         return "MlpPolicy", kwargs
     kwargs["features_extractor_class"] = PerceptionExtractor
     kwargs["features_extractor_kwargs"] = {
@@ -249,7 +271,6 @@ def policy_arguments(config: TrainConfig, layout: CameraLayout | None) -> tuple[
         "perception_kwargs": perception_kwargs(config, layout),
         "use_state": config.perception.use_state,
         "projection_dim": config.perception.projection_dim,
-        "freeze_perception": config.perception.freeze,
     }
     return "MultiInputPolicy", kwargs
 
@@ -272,15 +293,42 @@ def ppo_arguments(config: TrainConfig) -> dict[str, Any]:
     }
 
 
+def sac_arguments(config: TrainConfig) -> dict[str, Any]:
+    """SB3 ``SAC`` keyword arguments of a config's ``sac`` section."""
+    sac = config.sac
+    return {
+        "learning_rate": sac.learning_rate,
+        "buffer_size": sac.buffer_size,
+        "learning_starts": sac.learning_starts,
+        "batch_size": sac.batch_size,
+        "tau": sac.tau,
+        "gamma": sac.gamma,
+        "train_freq": sac.train_freq,
+        "gradient_steps": sac.gradient_steps,
+        "ent_coef": sac.ent_coef,
+    }
+
+
 def build_model(config: TrainConfig, env: VecEnv, layout: CameraLayout | None) -> BaseAlgorithm:
     """A fresh :class:`~agents.ppo.PerceptionPPO` or :class:`~agents.sac.PerceptionSAC`, its
-    perception starting from ``perception.pretrained`` when the config names a checkpoint."""
+    perception starting from ``perception.pretrained`` when the config names a checkpoint and
+    told the env's empty scene (:meth:`~kp3d.perception.Perception.set_background`). A frozen
+    perception is not part of the model: ``env`` holds it (:func:`make_run_env`)."""
     model = _build_algorithm(config, env, layout)
+    if perception_extractor(model.policy) is None:
+        return model
     checkpoint = pretrained_checkpoint(config, layout)
     if checkpoint is not None:
         from agents.pretrain import load_pretrained_weights
 
         load_pretrained_weights(model.policy, checkpoint)
+    if layout is not None and layout.background is not None:
+        import torch
+
+        background = torch.as_tensor(layout.background).permute(0, 3, 1, 2).float() / 255.0
+        for module in model.policy.modules():
+            if isinstance(module, PerceptionExtractor):
+                module.perception.set_background(background.to(model.device))
     return model
 
 
@@ -310,19 +358,11 @@ def _build_algorithm(
             unsupervised_max_grad_norm=unsupervised.max_grad_norm,
             **common,
         )
-    sac = config.sac
     return PerceptionSAC(
         policy,
         env,
-        learning_rate=sac.learning_rate,
-        buffer_size=sac.buffer_size,
-        learning_starts=sac.learning_starts,
-        batch_size=sac.batch_size,
-        tau=sac.tau,
-        gamma=sac.gamma,
-        train_freq=sac.train_freq,
-        gradient_steps=sac.gradient_steps,
-        ent_coef=sac.ent_coef,
+        **sac_arguments(config),
+        aux_batch_size=config.sac.aux_batch_size,
         **common,
     )
 
@@ -339,10 +379,12 @@ def make_run_env(
     seed: int,
     training: bool,
     vec_normalize_path: Path | None = None,
+    encoder: FeatureEncoder | None = None,
 ) -> VecEnv:
-    """The vectorised env of a run (:func:`agents.environment.build_vec_env`)."""
+    """The vectorised env of a run (:func:`agents.environment.build_vec_env`), observing a
+    frozen perception's features when ``encoder`` is given (:func:`feature_encoder`)."""
     normalize, gamma = _normalize_reward(config)
-    return build_vec_env(
+    vec_env = build_vec_env(
         config.env_id,
         config.env_kwargs,
         n_envs=n_envs,
@@ -353,19 +395,9 @@ def make_run_env(
         gamma=gamma,
         training=training,
         vec_normalize_path=vec_normalize_path,
+        transpose_images=encoder is None,
     )
-
-
-def make_logger(run_dir: Path, verbose: int, suffix: str) -> Logger:
-    """SB3 logger of a run: CSV (and TensorBoard when installed) in ``run_dir/logs``, stdout when
-    ``verbose``; file names end with ``suffix``."""
-    folder = str(run_dir / LOG_DIR)
-    formats = ["csv"]
-    if verbose >= 1:
-        formats.append("stdout")
-    if importlib.util.find_spec("tensorboard") is not None:
-        formats.append("tensorboard")
-    return Logger(folder, [make_output_format(name, folder, suffix) for name in formats])
+    return vec_env if encoder is None else PerceptionFeatures(vec_env, encoder)
 
 
 def _progress_bar_available() -> bool:
@@ -452,14 +484,6 @@ def resume(run_dir: str | Path, overrides: Sequence[str] = ()) -> Path:
     return _learn(config, path, layout, resuming=True)
 
 
-def set_torch_threads(threads: int | None) -> None:
-    """``torch.set_num_threads(threads)`` unless ``threads`` is ``None``."""
-    if threads is not None:
-        import torch
-
-        torch.set_num_threads(threads)
-
-
 def _close(env: VecEnv) -> None:
     # After Ctrl-C, worker processes may already have exited: their pipes are gone.
     with contextlib.suppress(EOFError, OSError):
@@ -469,6 +493,7 @@ def _close(env: VecEnv) -> None:
 def _learn(config: TrainConfig, run_dir: Path, layout: CameraLayout | None, resuming: bool) -> Path:
     set_torch_threads(config.torch_threads)
     stats = run_dir / VEC_NORMALIZE_FILE
+    encoder = feature_encoder(config, layout, run_dir)
     env = make_run_env(
         config,
         layout,
@@ -476,6 +501,7 @@ def _learn(config: TrainConfig, run_dir: Path, layout: CameraLayout | None, resu
         config.seed,
         training=True,
         vec_normalize_path=stats if resuming and stats.is_file() else None,
+        encoder=encoder,
     )
     eval_env = None
     save_replay = config.algo == "sac" and config.sac.save_replay_buffer
@@ -502,7 +528,7 @@ def _learn(config: TrainConfig, run_dir: Path, layout: CameraLayout | None, resu
             callbacks.append(CheckpointCallback(run_dir, config.checkpoint_freq, save_replay))
         if config.eval.freq > 0:
             eval_env = make_run_env(
-                config, layout, 1, config.seed + EVAL_SEED_OFFSET, training=False
+                config, layout, 1, config.seed + EVAL_SEED_OFFSET, training=False, encoder=encoder
             )
             evaluation = EvalCallback(
                 eval_env,
@@ -531,6 +557,7 @@ def _learn(config: TrainConfig, run_dir: Path, layout: CameraLayout | None, resu
                     max_steps=config.video.max_steps,
                     seed=config.seed + EVAL_SEED_OFFSET,
                     verbose=config.verbose,
+                    encoder=encoder,
                 )
             )
 
@@ -570,6 +597,7 @@ __all__ = [
     "CONFIG_FILE",
     "LOG_DIR",
     "MODEL_FILE",
+    "PERCEPTION_FILE",
     "RESUMABLE_KEYS",
     "VEC_NORMALIZE_FILE",
     "CheckpointCallback",
@@ -577,6 +605,8 @@ __all__ = [
     "TrainingInterrupted",
     "build_model",
     "create_run_dir",
+    "feature_encoder",
+    "frozen_perception",
     "make_logger",
     "make_run_env",
     "new_run_dir",
@@ -586,6 +616,7 @@ __all__ = [
     "read_run_config",
     "resume",
     "run_name",
+    "sac_arguments",
     "save_checkpoint",
     "set_torch_threads",
     "train",

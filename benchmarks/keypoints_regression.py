@@ -1,21 +1,26 @@
-"""Do learned keypoints mean something? Keypoint3D trained without RL, probed linearly.
+"""Do learned keypoints carry every task object? A keypoint learner trained without RL, probed.
 
 1. Write random-policy frames of a kp3d env with ``kp3d dataset``
-   (:func:`agents.dataset.write_dataset`: every camera's image, the camera matrices and the
-   ground-truth keypoints, episode by episode), or reuse the dataset already in ``--data``.
-2. Train Keypoint3D on the training episodes with its unsupervised losses only (``kp3d pretrain``,
-   :func:`agents.pretrain.pretrain`); ``--test-episodes`` of the episodes are held out
-   (:func:`kp3d.data.held_out_episodes`).
-3. On held-out episodes, fit nothing new: the linear map (least squares with a bias) from the
-   learned fused 3D keypoints (and attention) to the ground-truth keypoints is fitted on the
-   training episodes and scored on the held-out ones (:func:`kp3d.metrics.linear_probe`): R² per
-   coordinate of the ``--targets`` and overall, and the landmark error normalised by the env's
-   length.
-4. Multi-view consistency: the fused 3D keypoints reprojected into each view against that view's
-   own 2D detection, in pixels (mean over keypoints weighted by attention, and unweighted).
+   (:func:`agents.dataset.write_dataset`: every camera's image, the camera matrices, the
+   ground-truth keypoints and the empty scene, episode by episode), or reuse the dataset already
+   in ``--data``.
+2. Train the perception (Keypoint3D by default) on the training episodes with its unsupervised
+   losses only (``kp3d pretrain``, :func:`agents.pretrain.pretrain`); ``--test-episodes`` of the
+   episodes are held out (:func:`kp3d.data.held_out_episodes`). Its task-dependent
+   hyperparameters (number of keypoints, mean camera depth) default to what the env suggests
+   (:func:`envs.perception_defaults`), so one command fits every task.
+3. On held-out episodes: the linear map (least squares with a bias) from the learned keypoints
+   (and attention) to each ground-truth keypoint is fitted on the training episodes and scored on
+   the held-out ones (:func:`kp3d.metrics.linear_probe`), for the trained network and for the
+   same network untrained (same seed): per target keypoint, the R² of every varying axis, the
+   worst axis, and the mean error in metres. A keypoint is carried when its worst axis is near 1;
+   the untrained network's figures say how much of that a random CNN already gives.
+4. For 3D keypoints, multi-view consistency: the fused 3D keypoints reprojected into each view
+   against that view's own 2D detection, in pixels.
 
 Usage:
-    python benchmarks/keypoints_regression.py --env kp3d/Reach-v0 --targets fingertip target
+    python benchmarks/keypoints_regression.py --env kp3d/Reach-v0 --targets fingertip target elbow \
+        --out reach.json
 """
 
 from __future__ import annotations
@@ -25,61 +30,114 @@ import csv
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+import yaml
 
 from agents.config import dataclass_from_dict
 from agents.dataset import write_dataset
-from agents.pretrain import CHECKPOINT_FILE, PretrainConfig, pretrain, probe_features
+from agents.pretrain import CHECKPOINT_FILE, PretrainConfig, encode, pretrain
+from envs import perception_defaults
 from envs.registration import task_class
 from kp3d.data import FrameDataset, read_info
 from kp3d.geometry import project
-from kp3d.metrics import linear_probe
-from kp3d.perception import load_perception
+from kp3d.metrics import ProbeResult, linear_probe
+from kp3d.perception import Perception, load_perception_checkpoint, make_perception
+
+
+def probe(module: Perception, train: FrameDataset, test: FrameDataset) -> ProbeResult:
+    """The held-out linear probe of ``module`` (in eval mode) from every training frame."""
+    device = torch.device("cpu")
+    train_codes = encode(module, train, np.arange(len(train)), device, 256)
+    test_codes = encode(module, test, np.arange(len(test)), device, 256)
+    return linear_probe(
+        train_codes["features"],
+        train_codes["keypoints_world"],
+        test_codes["features"],
+        test_codes["keypoints_world"],
+        train.normalising_length,
+    )
 
 
 @torch.no_grad()
-def encode(module: torch.nn.Module, dataset: FrameDataset) -> dict[str, np.ndarray]:
-    """Probe features, ground truth and multi-view reprojection errors of every frame."""
+def reprojection_px(module: Perception, dataset: FrameDataset) -> dict[str, float]:
+    """Fused 3D keypoints reprojected into each view vs that view's own detections (pixels)."""
     module.eval()
-    features, truth, errors_weighted, errors_plain = [], [], [], []
+    weighted, plain = [], []
     for batch in dataset.batches(256, shuffle=False):
         output = module(batch.images, batch.intrinsics, batch.extrinsics, compute_losses=False)
-        features.append(probe_features(output).numpy())
-        truth.append(batch.keypoints_world.numpy())
-        # Fused keypoints reprojected into each view vs that view's own detections.
         reprojected, _ = project(output.keypoints[:, None], batch.intrinsics, batch.extrinsics)
         error = (reprojected - output.visuals.detections).norm(dim=-1)  # (B, C, K)
         weights = output.confidence[:, None].expand_as(error)
-        errors_weighted.append(((error * weights).sum((1, 2)) / weights.sum((1, 2))).numpy())
-        errors_plain.append(error.mean((1, 2)).numpy())
+        weighted.append(((error * weights).sum((1, 2)) / weights.sum((1, 2))).numpy())
+        plain.append(error.mean((1, 2)).numpy())
     return {
-        "features": np.concatenate(features),
-        "keypoints_world": np.concatenate(truth),
-        "reprojection_weighted": np.concatenate(errors_weighted),
-        "reprojection": np.concatenate(errors_plain),
+        "attention_weighted": float(np.concatenate(weighted).mean()),
+        "mean": float(np.concatenate(plain).mean()),
     }
+
+
+def per_target(result: ProbeResult, names: list[str], targets: list[str]) -> dict[str, Any]:
+    """Per target keypoint: R² of each varying axis, of the worst one, and the error (m)."""
+    table = {}
+    for target in targets:
+        index = names.index(target)
+        axes = {
+            axis: float(r2)
+            for axis, r2 in zip("xyz", result.r2_per_coordinate[index], strict=True)
+            if np.isfinite(r2)  # coordinates that never vary (a planar arm's height) have no R²
+        }
+        table[target] = {
+            "r2_per_axis": axes,
+            "r2_worst_axis": min(axes.values()) if axes else None,
+            "error_m": float(result.error_m_per_keypoint[index]),
+        }
+    return table
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``["key=value", ...]`` → ``{key: YAML value}`` (perception hyperparameters)."""
+    overrides = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--set takes KEY=VALUE; got {pair!r}")
+        overrides[key] = yaml.safe_load(value)
+    return overrides
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--env", default="kp3d/Reach-v0")
+    parser.add_argument("--env", default="kp3d/Reach-v0", help="a kp3d env id")
     parser.add_argument(
         "--targets",
         nargs="+",
         required=True,
-        help="ground-truth keypoint names whose R² to report (e.g. fingertip target)",
+        help="ground-truth keypoint names to report (e.g. fingertip target elbow)",
     )
-    parser.add_argument("--episodes", type=int, default=120)
-    parser.add_argument("--test-episodes", type=int, default=30)
-    parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--num-keypoints", type=int, default=8)
-    parser.add_argument("--mean-depth", type=float, default=1.0)
-    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--perception", default="keypoint3d", help="a registered perception")
+    parser.add_argument("--episodes", type=int, default=120, help="episodes in the dataset")
+    parser.add_argument("--test-episodes", type=int, default=30, help="of them held out")
+    parser.add_argument("--size", type=int, default=64, help="image side (pixels)")
+    parser.add_argument(
+        "--num-keypoints", type=int, default=None, help="default: the env's learned_keypoints"
+    )
+    parser.add_argument(
+        "--mean-depth", type=float, default=None, help="default: the env's scene depth (m)"
+    )
+    parser.add_argument("--steps", type=int, default=3000, help="pretraining steps")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the dataset and the network")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a perception hyperparameter, e.g. foreground_weight=0 (the paper's plain MSE)",
+    )
     parser.add_argument(
         "--data",
         default=None,
@@ -101,15 +159,19 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"unknown target keypoints {unknown}; this env has {info.keypoint_names}")
 
+    suggested = perception_defaults(args.env, {"size": args.size})
+    kwargs: dict[str, Any] = {
+        "num_keypoints": args.num_keypoints or suggested["num_keypoints"],
+        **parse_overrides(args.set),
+    }
+    if args.perception == "keypoint3d":
+        kwargs.setdefault("mean_depth", args.mean_depth or suggested["mean_depth"])
     config = dataclass_from_dict(
         PretrainConfig,
         {
             "dataset": str(data),
             "exp_name": "keypoints_regression",
-            "perception": {
-                "name": "keypoint3d",
-                "kwargs": {"num_keypoints": args.num_keypoints, "mean_depth": args.mean_depth},
-            },
+            "perception": {"name": args.perception, "kwargs": kwargs},
             "steps": args.steps,
             "batch_size": args.batch_size,
             "learning_rate": args.learning_rate,
@@ -127,40 +189,37 @@ def main() -> None:
     run = pretrain(config, run_dir=args.run_dir)
     train_seconds = time.perf_counter() - start
 
-    module = load_perception(run / CHECKPOINT_FILE)
+    payload = load_perception_checkpoint(run / CHECKPOINT_FILE)
+    layout = {"num_cameras": payload["num_cameras"], "image_size": tuple(payload["image_size"])}
+    trained = make_perception(payload["name"], **layout, **payload["kwargs"])
+    trained.load_state_dict(payload["state_dict"])
+    torch.manual_seed(args.seed)  # the initialisation pretraining started from
+    untrained = make_perception(payload["name"], **layout, **payload["kwargs"])
     train_set = FrameDataset(data, "train", config.test_fraction)
     test_set = FrameDataset(data, "test", config.test_fraction)
-    train_codes, test_codes = encode(module, train_set), encode(module, test_set)
-    probe = linear_probe(
-        train_codes["features"],
-        train_codes["keypoints_world"],
-        test_codes["features"],
-        test_codes["keypoints_world"],
-        info.normalising_length,
-    )
-    per_output = {
-        f"{target}.{axis}": float(r2)
-        for target in args.targets
-        for axis, r2 in zip(
-            "xyz", probe.r2_per_coordinate[info.keypoint_names.index(target)], strict=True
-        )
-        if np.isfinite(r2)  # coordinates that never vary (a planar arm's height) have no R²
-    }
+    if train_set.background is not None:
+        untrained.set_background(train_set.background)
+    names = list(info.keypoint_names)
+    results_trained = probe(trained, train_set, test_set)
+    results_untrained = probe(untrained, train_set, test_set)
+    targets = per_target(results_trained, names, args.targets)
+    baseline = per_target(results_untrained, names, args.targets)
     with open(run / "logs" / "progress.csv") as file:
         logged = [row for row in csv.DictReader(file) if row.get("train/loss")]
     losses = {
         k[len("train/loss/") :]: float(v) for k, v in logged[-1].items() if "loss/" in k and v
     }
     rates = [float(row["time/frames_per_second"]) for row in logged]
-    results = {
+    results: dict[str, Any] = {
         "env": args.env,
+        "perception": args.perception,
+        "perception_kwargs": kwargs,
         "targets": args.targets,
         "dataset": str(data),
         "run": str(run),
         "frames": info.frames,
         "train_frames": len(train_set),
         "test_frames": len(test_set),
-        "num_keypoints": args.num_keypoints,
         "steps": args.steps,
         "batch_size": args.batch_size,
         "collect_seconds": collect_seconds,
@@ -168,17 +227,29 @@ def main() -> None:
         "train_frames_per_second": float(np.median(rates)),
         "final_losses": losses,
         "test": {
-            "r2_per_output": per_output,
-            "r2_all_keypoints": probe.r2,
-            "landmark_error_normalised": probe.error,
-            "landmark_error_m": probe.error_m,
+            "r2_per_output": {
+                f"{target}.{axis}": r2
+                for target, entry in targets.items()
+                for axis, r2 in entry["r2_per_axis"].items()
+            },
+            "per_target": targets,
+            "untrained": baseline,
+            "landmark_error_normalised": results_trained.error,
+            "r2_pooled_all_keypoints": results_trained.r2,
         },
-        "reprojection_px_attention_weighted": float(test_codes["reprojection_weighted"].mean()),
-        "reprojection_px_mean": float(test_codes["reprojection"].mean()),
     }
-    print(json.dumps(results, indent=2))
+    if trained.keypoint_frame == "world" and getattr(trained, "num_cameras", 1) > 1:
+        results["reprojection_px"] = reprojection_px(trained, test_set)
+    text = json.dumps(results, indent=2)
+    print(text)
+    print(f"\n{args.env}, {args.perception}, held-out episodes: worst-axis R² and error")
+    print(f"{'keypoint':>16}  {'untrained':>20}  {'trained':>20}")
+    for target in args.targets:
+        before, after = baseline[target], targets[target]
+        cells = [f"{e['r2_worst_axis']:7.3f} {100 * e['error_m']:6.1f} cm" for e in (before, after)]
+        print(f"{target:>16}  {cells[0]:>20}  {cells[1]:>20}")
     if args.out:
-        Path(args.out).write_text(json.dumps(results, indent=2))
+        Path(args.out).write_text(text)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from envs import gl
 
 gl.configure_environment()  # before anything imports mujoco's GL backend
 
-from envs.base import MultiCameraMujocoEnv  # noqa: E402
+from envs.base import MultiCameraMujocoEnv, perception_defaults  # noqa: E402
 from envs.cameras import Cameras, CameraSpec, MultiViewRenderer  # noqa: E402
 from envs.keypoints import Keypoints, KeypointSpec  # noqa: E402
 from envs.registration import TASKS, register_all  # noqa: E402
@@ -30,4 +30,5 @@ __all__ = [
     "MultiViewRenderer",
     "make_metaworld",
     "make_vec_env",
+    "perception_defaults",
 ]

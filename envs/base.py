@@ -76,6 +76,9 @@ class MultiCameraMujocoEnv(gym.Env, abc.ABC):
     """A length (m) of the scene that keypoint errors are divided by (PCK at a per-env length,
     linear-probe landmark errors), like the inter-ocular distance of face landmarks; each task
     says what it chose. ``None``: not defined, errors are reported in metres only."""
+    learned_keypoints: ClassVar[int] = 8
+    """How many keypoints an unsupervised keypoint learner should have for this task: more than
+    its moving parts, so that each can get one (see :func:`perception_defaults`)."""
 
     def __init__(
         self,
@@ -296,6 +299,18 @@ class MultiCameraMujocoEnv(gym.Env, abc.ABC):
         """``(C, H, W, 3)`` uint8 images of the current state from every camera."""
         return self.renderer.render(self.data)
 
+    def scene_depth(self) -> float:
+        """Mean camera-frame depth (m) of the ground-truth keypoints over every camera, in the
+        current state: the ``mean_depth`` a 3D keypoint learner should assume."""
+        return float(np.mean(self.ground_truth()["keypoints_depth"]))
+
+    def render_background(self) -> np.ndarray:
+        """``(C, H, W, 3)`` uint8 images of the *empty scene* from every camera: the current
+        views without the robot and the objects (every body that can move, mocap targets
+        included), as :meth:`render_views` would show them. Keypoint autoencoders weight their
+        reconstruction towards what differs from it (:mod:`kp3d.reconstruction`)."""
+        return self.renderer.render_background(self.data)
+
     def ground_truth(self) -> dict[str, np.ndarray]:
         """Ground-truth keypoints and camera matrices of the current state (see class docstring)."""
         return self.keypoint_set.ground_truth(self.data, self.cameras)
@@ -315,3 +330,29 @@ class MultiCameraMujocoEnv(gym.Env, abc.ABC):
         observation = {f"cam_{name}": images[i] for i, name in enumerate(self.cameras.names)}
         observation["state"] = self.proprioception()
         return observation
+
+
+def perception_defaults(env_id: str, env_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Hyperparameters of a keypoint learner that depend on the task, as the task suggests them.
+
+    Args:
+        env_id: a registered kp3d id.
+        env_kwargs: keyword arguments of ``gymnasium.make`` (e.g. other ``cameras``).
+
+    Returns:
+        ``{"num_keypoints": the task's learned_keypoints, "mean_depth": its scene depth (m) at a
+        reset with seed 0, rounded to cm}``.
+    """
+    kwargs = {**(env_kwargs or {}), "obs_mode": "state"}  # no images needed: no GL context
+    env = gym.make(env_id, **kwargs)
+    try:
+        env.reset(seed=0)
+        base = env.unwrapped
+        if not isinstance(base, MultiCameraMujocoEnv):
+            raise ValueError(f"{env_id} is not a kp3d environment")
+        return {
+            "num_keypoints": int(base.learned_keypoints),
+            "mean_depth": round(base.scene_depth(), 2),
+        }
+    finally:
+        env.close()

@@ -31,6 +31,9 @@ CameraKind = Literal["named", "free", "tracking"]
 # Geom groups the renderer draws: groups 0-2 (MuJoCo's default); kp3d assets put keypoint sites and
 # other helpers in higher groups so that they never appear in observations.
 VISIBLE_GROUPS = (0, 1, 2)
+HIDDEN_GROUP = 5
+"""A geom group kp3d never renders: :meth:`MultiViewRenderer.render_background` moves the geoms of
+movable bodies there for one render."""
 
 
 @dataclass(frozen=True)
@@ -543,6 +546,29 @@ class MultiViewRenderer:
         context = self._draw(data)
         mujoco.mjr_readPixels(self._rgb, None, self._full, context)
         return self._split(self._rgb, out)
+
+    def render_background(self, data: mujoco.MjData) -> np.ndarray:
+        """Render every camera with only the static scene: the geoms of bodies that can move
+        (any body not welded to the world, mocap bodies included) are left out.
+
+        This is the empty scene that keypoint autoencoders weight their reconstruction error
+        against (:mod:`kp3d.reconstruction`); the cameras are placed as for :meth:`render`, so
+        moving cameras get the background of their current view.
+
+        Args:
+            data: simulation state with current kinematics (placing the cameras).
+
+        Returns:
+            ``(C, H, W, 3)`` uint8 images, row 0 at the top.
+        """
+        model = self._model
+        moving = model.body_weldid[model.geom_bodyid] != 0
+        saved = model.geom_group.copy()
+        model.geom_group[moving] = HIDDEN_GROUP
+        try:
+            return self.render(data).copy()
+        finally:
+            model.geom_group[:] = saved
 
     def render_depth(self, data: mujoco.MjData) -> np.ndarray:
         """``(C, H, W)`` float32 depth (camera-frame z, metres) of every camera."""

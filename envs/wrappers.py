@@ -172,6 +172,11 @@ class MultiCameraWrapper(gym.Wrapper):
         observation, info = self._wrap(observation, info, full_update=False)
         return observation, reward, terminated, truncated, info
 
+    def render_background(self) -> np.ndarray:
+        """``(C, H, W, 3)`` uint8 views of the empty scene (no body that can move), as
+        :meth:`envs.base.MultiCameraMujocoEnv.render_background`."""
+        return self._renderer_or_new().render_background(self._data)
+
     def render(self) -> np.ndarray | None:
         """The camera views side by side, ``(H, C * W, 3)`` uint8."""
         images = self._last_images

@@ -21,6 +21,7 @@ field                     shape                   meaning
 ``depth``                 ``(B, C, H, W)``        metric depth along the optical axis (metres)
 ``segmentation``          ``(B, C, H, W)`` int64  MuJoCo body id per pixel, -1 for background
 ``body_poses``            ``(B, N, 4, 4)``        body→world transform of every body
+``backgrounds``           ``(B, C, 3, H, W)``     the empty scene each view shows (moving cameras)
 ``pair``                  a ``FrameBatch``        another frame of the same episode per sample
 ========================  ======================  ==============================================
 
@@ -48,6 +49,7 @@ class FrameBatch:
     depth: torch.Tensor | None = None
     segmentation: torch.Tensor | None = None
     body_poses: torch.Tensor | None = None
+    backgrounds: torch.Tensor | None = None
     pair: FrameBatch | None = None
 
     def __post_init__(self) -> None:
@@ -62,6 +64,7 @@ class FrameBatch:
             "extrinsics": (batch, cameras, 4, 4),
             "depth": (batch, cameras, *self.images.shape[3:]),
             "segmentation": (batch, cameras, *self.images.shape[3:]),
+            "backgrounds": tuple(self.images.shape),
         }
         for name, shape in expected.items():
             value = getattr(self, name)

@@ -86,7 +86,8 @@ def _start_or_resume(
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from agents.config import load_config
-    from agents.training import LOG_DIR, TrainingInterrupted, resume, train
+    from agents.pipeline import train
+    from agents.training import LOG_DIR, TrainingInterrupted, resume
 
     run_dir = _start_or_resume(
         args,
@@ -101,14 +102,23 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    import contextlib
+    import json
+
     from agents.evaluation import evaluate
 
     video = args.video
     if video == "":
         video = str(Path(args.run_dir) / "videos" / "eval.mp4")
-    result = evaluate(
-        args.run_dir, episodes=args.episodes, deterministic=args.deterministic, video=video
-    )
+    # With --json, stdout carries the JSON object alone: anything else printed goes to stderr.
+    quiet = contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()
+    with quiet:
+        result = evaluate(
+            args.run_dir, episodes=args.episodes, deterministic=args.deterministic, video=video
+        )
+    if args.json:
+        print(json.dumps(result.as_dict()))
+        return 0
     print(f"{args.run_dir}: {result.summary()}")
     if result.video is not None:
         print(f"video: {result.video}")
@@ -264,7 +274,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluation = commands.add_parser("eval", help="evaluate a trained agent")
     evaluation.add_argument("run_dir", help="run directory written by kp3d train")
-    evaluation.add_argument("--episodes", type=_positive_int, default=10)
+    evaluation.add_argument(
+        "--episodes", type=_positive_int, default=10, help="episodes to run (default: 10)"
+    )
+    evaluation.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object (success_rate, return_mean, return_std, episode_lengths, "
+        "episodes, seed) and nothing else on stdout",
+    )
     _add_deterministic_argument(evaluation)
     evaluation.add_argument(
         "--video",

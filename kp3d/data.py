@@ -3,6 +3,7 @@
 A dataset is a directory of shards and one metadata file::
 
     meta.json          what the frames are (env, cameras, keypoints, skeleton...) and the shards
+    background.npz     the empty scene each fixed camera sees (``images (C, H, W, 3)`` uint8)
     shard_00000.npz    compressed NumPy arrays of consecutive frames
     shard_00001.npz
     ...
@@ -30,7 +31,14 @@ array                    shape, dtype          meaning
                                                the world); with ``depth`` and the cameras it
                                                gives pixel correspondences across views and time
 ``episode``, ``step``    ``(n,)`` int64        episode index and step within it (0 = reset)
+``backgrounds``          ``(n, C, H, W, 3)``   only when a camera moves: that frame's view of the
+                         uint8                 empty scene (no body that can move)
 =======================  ====================  ==================================================
+
+The empty scene (``env.unwrapped.render_background()``) is what keypoint autoencoders weight
+their reconstruction against (:mod:`kp3d.reconstruction`). ``meta.json``'s ``background`` says
+where it is: ``"fixed"`` (``background.npz``, rendered once: no camera moves) or ``"per_frame"``
+(the shards' ``backgrounds``). Datasets written before kp3d stored it have neither.
 
 :class:`FrameDataset` splits frames into train and test **by episode**, so that no episode
 contributes to both, and hands out batches (optionally with a second frame of the same episode
@@ -67,6 +75,12 @@ FORMAT_VERSION = 1
 META_FILE = "meta.json"
 """Name of the metadata file in a dataset directory."""
 
+BACKGROUND_FILE = "background.npz"
+"""Name of the empty-scene file of a dataset whose cameras do not move."""
+
+BACKGROUNDS_ARRAY = "backgrounds"
+"""Name of the per-frame empty-scene array in the shards of a dataset whose cameras move."""
+
 FRAME_ARRAYS: dict[str, np.dtype] = {
     "images": np.dtype(np.uint8),
     "intrinsics": np.dtype(np.float32),
@@ -88,6 +102,7 @@ OPTIONAL_FIELDS: dict[str, tuple[str, ...]] = {
     "depth": ("depth",),
     "segmentation": ("segmentation",),
     "body_poses": ("body_poses",),
+    "backgrounds": (BACKGROUNDS_ARRAY,),
 }
 """What :class:`FrameDataset`'s ``load`` may ask for beyond images and camera matrices, and the
 shard arrays each one reads."""
@@ -143,6 +158,9 @@ class DatasetInfo:
         normalising_length: the env's length (m) that keypoint errors are divided by (see the
             env's ``normalising_length``), or ``None``.
         max_episode_steps: the env's episode length limit.
+        background: where the empty scene is stored: ``"fixed"`` (:data:`BACKGROUND_FILE`),
+            ``"per_frame"`` (the shards' :data:`BACKGROUNDS_ARRAY`), or ``None`` (a dataset
+            written before kp3d stored it).
         frames: frames written.
         shards: the shards, in order.
         meta: the raw ``meta.json`` mapping.
@@ -162,6 +180,7 @@ class DatasetInfo:
     body_names: tuple[str, ...]
     normalising_length: float | None
     max_episode_steps: int | None
+    background: str | None
     frames: int
     shards: tuple[ShardInfo, ...]
     meta: dict[str, Any]
@@ -245,6 +264,7 @@ def read_info(directory: str | Path) -> DatasetInfo:
                 None if meta["normalising_length"] is None else float(meta["normalising_length"])
             ),
             max_episode_steps=meta.get("max_episode_steps"),
+            background=meta.get("background"),
             frames=int(meta["frames"]),
             shards=shard_infos(meta),
             meta=meta,
@@ -271,7 +291,7 @@ def load_shard(path: str | Path, arrays: Sequence[str] | None = None) -> dict[st
     """
     path = Path(path)
     names = tuple(FRAME_ARRAYS) if arrays is None else tuple(arrays)
-    unknown = sorted(set(names) - set(FRAME_ARRAYS))
+    unknown = sorted(set(names) - {*FRAME_ARRAYS, BACKGROUNDS_ARRAY})
     if unknown:
         raise ValueError(f"unknown shard arrays {unknown}; shards hold {sorted(FRAME_ARRAYS)}")
     try:
@@ -290,6 +310,26 @@ def load_shard(path: str | Path, arrays: Sequence[str] | None = None) -> dict[st
     if len(set(lengths.values())) > 1:
         raise DatasetError(f"shard {path} is inconsistent: frames per array {lengths}")
     return data
+
+
+def read_background(directory: str | Path) -> np.ndarray | None:
+    """The empty scene of a dataset of fixed cameras, ``(C, H, W, 3)`` uint8, or ``None`` when
+    the dataset has no :data:`BACKGROUND_FILE` (moving cameras, or written before kp3d stored it).
+
+    Raises:
+        DatasetError: naming the file, if it is unreadable.
+    """
+    path = Path(directory) / BACKGROUND_FILE
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            images = archive["images"]
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as error:
+        raise DatasetError(f"cannot load {path}: {type(error).__name__}: {error}") from error
+    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+        raise DatasetError(f"{path} must hold uint8 images (C, H, W, 3); got {images.shape}")
+    return images
 
 
 def held_out_episodes(episodes: np.ndarray, test_fraction: float) -> np.ndarray:
@@ -335,10 +375,13 @@ class FrameDataset(torch.utils.data.Dataset):
             one-frame episode), in :attr:`FrameBatch.pair`.
         load: optional arrays beyond images and camera matrices, among
             :data:`OPTIONAL_FIELDS` (``keypoints``, ``depth``, ``segmentation``,
-            ``body_poses``).
+            ``body_poses``, ``backgrounds``: the per-frame empty scene of moving cameras, read
+            only where the dataset has it).
 
     Attributes:
         info: the dataset's :class:`DatasetInfo`.
+        background: ``(C, 3, H, W)`` float in ``[0, 1]``, the empty scene of fixed cameras
+            (:func:`read_background`), or ``None``.
         episode: ``(n,)`` episode index of every frame of the split.
         step: ``(n,)`` step index of every frame.
 
@@ -369,7 +412,13 @@ class FrameDataset(torch.utils.data.Dataset):
         self.test_fraction = float(test_fraction)
         self.max_offset = int(pairs)
         self.load = tuple(dict.fromkeys(load))
+        if self.info.background != "per_frame":
+            self.load = tuple(field for field in self.load if field != "backgrounds")
         arrays = [*_ALWAYS, *(a for field in self.load for a in OPTIONAL_FIELDS[field])]
+        fixed = read_background(self.info.directory)
+        self.background = (
+            None if fixed is None else torch.from_numpy(fixed).permute(0, 3, 1, 2).float() / 255.0
+        )
 
         is_test = held_out_episodes(self.info.episodes, self.test_fraction)
         held_out = set(self.info.episodes[is_test].tolist())
@@ -470,6 +519,9 @@ class FrameDataset(torch.utils.data.Dataset):
             values["depth"] = torch.from_numpy(arrays["depth"][index]).float()
         if "segmentation" in arrays:
             values["segmentation"] = torch.from_numpy(arrays["segmentation"][index]).long()
+        if BACKGROUNDS_ARRAY in arrays:
+            backgrounds = torch.from_numpy(arrays[BACKGROUNDS_ARRAY][index])
+            values["backgrounds"] = backgrounds.permute(0, 1, 4, 2, 3).float().div_(255.0)
         return FrameBatch(**values)
 
     def batch(
@@ -547,6 +599,8 @@ def collate_frames(samples: Sequence[Mapping[str, Any]]) -> FrameBatch:
 
 
 __all__ = [
+    "BACKGROUNDS_ARRAY",
+    "BACKGROUND_FILE",
     "FORMAT",
     "FORMAT_VERSION",
     "FRAME_ARRAYS",
@@ -559,6 +613,7 @@ __all__ = [
     "collate_frames",
     "held_out_episodes",
     "load_shard",
+    "read_background",
     "read_info",
     "read_meta",
     "shard_infos",

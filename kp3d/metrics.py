@@ -124,19 +124,27 @@ class ProbeResult:
             divided by the normalising length (in metres if none was given).
         error_per_keypoint: ``(J,)`` the same per ground-truth keypoint.
         error_m: ``error`` in the targets' unit (not normalised).
+        error_m_per_keypoint: ``(J,)`` mean error of each keypoint in the targets' unit.
         r2: coefficient of determination over all target coordinates together,
             ``1 - SS_res / SS_tot`` (sklearn's ``variance_weighted`` R²: coordinates that never
-            vary, such as a planar arm's height, add nothing to either sum).
+            vary, such as a planar arm's height, add nothing to either sum). Pooled over
+            keypoints, it is dominated by the keypoints that move most: a random network already
+            scores about 0.5 on Reach while missing the target entirely. Report
+            :attr:`r2_per_keypoint` instead.
         r2_per_coordinate: ``(J, D)`` R² of each keypoint coordinate; NaN for a coordinate
             that does not vary over the held-out frames.
+        r2_per_keypoint: ``(J,)`` each keypoint's R² on its worst varying coordinate (NaN for a
+            keypoint that never moves): what says whether a keypoint is carried at all.
         weights: ``(F + 1, J * D)`` the fitted map, bias in the last row.
     """
 
     error: float
     error_per_keypoint: np.ndarray
     error_m: float
+    error_m_per_keypoint: np.ndarray
     r2: float
     r2_per_coordinate: np.ndarray
+    r2_per_keypoint: np.ndarray
     weights: np.ndarray
 
 
@@ -205,12 +213,18 @@ def linear_probe(
     varies = total > EPS * max(float(total.max()), 1.0)
     per_coordinate = np.full(total.shape, np.nan)
     per_coordinate[varies] = 1.0 - residual[varies] / total[varies]
+    per_coordinate = per_coordinate.reshape(joints, dims)
+    moving = ~np.isnan(per_coordinate).all(axis=1)
+    worst = np.full(joints, np.nan)
+    worst[moving] = np.nanmin(per_coordinate[moving], axis=1)
     return ProbeResult(
         error=float(distances.mean() / scale),
         error_per_keypoint=distances.mean(axis=0) / scale,
         error_m=float(distances.mean()),
+        error_m_per_keypoint=distances.mean(axis=0),
         r2=float(1.0 - residual.sum() / max(total.sum(), EPS)),
-        r2_per_coordinate=per_coordinate.reshape(joints, dims),
+        r2_per_coordinate=per_coordinate,
+        r2_per_keypoint=worst,
         weights=weights,
     )
 

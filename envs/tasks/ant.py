@@ -149,6 +149,7 @@ class AntEnv(MultiCameraMujocoEnv):
         )
     )
     max_episode_steps = 200
+    learned_keypoints = 16
     normalising_length = 0.5
     """The torso's diameter (m, a sphere of radius 0.25): the body's size, as a person's torso
     normalises PCK; a leg's segments are 0.28 m and 0.57 m long."""

@@ -112,6 +112,7 @@ class MultiReachEnv(MultiCameraMujocoEnv):
         for start, end in ReachEnv.limbs
     )
     max_episode_steps = 100
+    learned_keypoints = 16
     normalising_length = ReachEnv.normalising_length
     """The upper arm's length (m) of one arm, as in :class:`~envs.tasks.reach.ReachEnv`."""
 

@@ -228,6 +228,13 @@ class Perception(nn.Module, abc.ABC):
             :class:`PerceptionOutput`.
         """
 
+    def set_background(self, images: torch.Tensor) -> None:
+        """Tell the module what each camera sees of the *empty scene* (no robot, no objects):
+        ``images (C, 3, H, W)`` float in ``[0, 1]``, e.g. ``env.unwrapped.render_background()``
+        of fixed cameras. Training pipelines call it for every module; methods whose losses use
+        it (the keypoint autoencoders' foreground-weighted reconstruction) override it, the
+        others ignore it (this default)."""
+
     def training_losses(self, batch: FrameBatch) -> dict[str, torch.Tensor]:
         """Weighted loss terms of one offline training step on ``batch`` (``kp3d pretrain``).
 

@@ -43,7 +43,7 @@ from kp3d.perception.keypoint_autoencoder import (
     attention_entropy,
     separation_loss,
 )
-from kp3d.spatial import crop_images, rescale_pixels
+from kp3d.spatial import rescale_pixels
 
 IMAGE_SEPARATION_SCALE = 100.0
 """``1 / (100 d² + 1)`` with ``d`` in normalised image coordinates (``[-1, 1]`` across the
@@ -166,7 +166,7 @@ class Keypoint2D(KeypointAutoencoder):
         """Heatmap logits of cropped views.
 
         Args:
-            crops: ``(B, C, 3, h, w)`` in ``[0, 1]``.
+            crops: ``(B, C, 3, h, w)`` in ``[-1, 1]`` (:meth:`crop`).
 
         Returns:
             ``(B, C, K, S_h, S_w)``.
@@ -179,13 +179,14 @@ class Keypoint2D(KeypointAutoencoder):
         intrinsics: torch.Tensor,
         extrinsics: torch.Tensor,
         compute_losses: bool = True,
+        backgrounds: torch.Tensor | None = None,
     ) -> PerceptionOutput:
         """See :class:`kp3d.perception.Perception`; ``keypoints (B, C·K, 2)`` are full-image
         pixels, camera-major, and ``confidence (B, C·K)`` their attention. The matrices are
         validated but not used."""
         self.check_inputs(images, intrinsics, extrinsics)
         origins = self.crop_origins(images.shape[0], images.device, images.dtype)
-        crops = crop_images(images, origins, self.crop_size)
+        crops = self.crop(images, origins)
 
         heatmaps, detections, attention = self.locate(self.detect(crops), origins)
         coordinates = normalized_coordinates(detections, self.image_size)  # (B, C, K, 2)
@@ -197,7 +198,10 @@ class Keypoint2D(KeypointAutoencoder):
         if compute_losses:
             if weights["reconstruction"] > 0:
                 maps = self.draw_keypoints(detections, self.gaussian_std, attention, origins)
-                reconstructions, losses["reconstruction"] = self.reconstruct(maps, crops, origins)
+                pixel_weights = self.reconstruction_weights(images, origins, backgrounds)
+                reconstructions, losses["reconstruction"] = self.reconstruct(
+                    maps, crops, origins, pixel_weights, backgrounds
+                )
             if weights["separation"] > 0:
                 per_view = coordinates.flatten(0, 1)  # (B·C, K, 2): pairs within one view only
                 losses["separation"] = weights["separation"] * separation_loss(

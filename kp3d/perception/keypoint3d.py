@@ -45,7 +45,7 @@ from kp3d.perception.keypoint_autoencoder import (
     keypoint_attention,
     separation_loss,
 )
-from kp3d.spatial import EPS, crop_images, expected_value
+from kp3d.spatial import EPS, expected_value
 
 # -- losses and fusion as free functions ----------------------------------------------------------
 
@@ -147,7 +147,7 @@ class Keypoint3D(KeypointAutoencoder):
         """Heatmap logits and depth maps of cropped views.
 
         Args:
-            crops: ``(B, C, 3, h, w)`` in ``[0, 1]``.
+            crops: ``(B, C, 3, h, w)`` in ``[-1, 1]`` (:meth:`crop`).
 
         Returns:
             ``logits (B, C, K, S_h, S_w)`` and ``depth_maps (B, C, K, S_h, S_w)`` in
@@ -187,12 +187,13 @@ class Keypoint3D(KeypointAutoencoder):
         intrinsics: torch.Tensor,
         extrinsics: torch.Tensor,
         compute_losses: bool = True,
+        backgrounds: torch.Tensor | None = None,
     ) -> PerceptionOutput:
         """See :class:`kp3d.perception.Perception`; ``keypoints (B, K, 3)`` are world points,
         ``confidence (B, K)`` the mean attention ``Ā``."""
         intrinsics, extrinsics = self.check_inputs(images, intrinsics, extrinsics)
         origins = self.crop_origins(images.shape[0], images.device, images.dtype)
-        crops = crop_images(images, origins, self.crop_size)
+        crops = self.crop(images, origins)
 
         logits, depth_maps = self.detect(crops)
         heatmaps, detections, attention = self.locate(logits, origins)
@@ -211,7 +212,10 @@ class Keypoint3D(KeypointAutoencoder):
         if compute_losses:
             if weights["reconstruction"] > 0:
                 maps = self.keypoint_maps(projections, projected_depth, mean_attention, origins)
-                reconstructions, losses["reconstruction"] = self.reconstruct(maps, crops, origins)
+                pixel_weights = self.reconstruction_weights(images, origins, backgrounds)
+                reconstructions, losses["reconstruction"] = self.reconstruct(
+                    maps, crops, origins, pixel_weights, backgrounds
+                )
             if weights["multiview"] > 0:
                 losses["multiview"] = weights["multiview"] * multiview_consistency_loss(
                     points_views

@@ -2,15 +2,18 @@
 
 Both run one pipeline per sample of ``C`` views (METHODS.md §1):
 
-1. crop each view (random window in training, centred in eval) and encode it into ``K`` heatmap
-   logits on an ``S_h x S_w`` grid (:meth:`KeypointAutoencoder.encode`,
-   :meth:`~KeypointAutoencoder.heatmap_logits`);
+1. crop each view (random window in training, centred in eval; :meth:`KeypointAutoencoder.crop`)
+   and encode it into ``K`` heatmap logits on an ``S_h x S_w`` grid
+   (:meth:`~KeypointAutoencoder.encode`, :meth:`~KeypointAutoencoder.heatmap_logits`);
 2. spatial softmax → expected pixel ``(u, v)`` plus training noise scaled by the heatmap's own
    spread, moved back to full-image pixels (crop offset added), and attention
    ``A_n^k = softmax_k(mean_{pq} logits_n^k)`` (:meth:`~KeypointAutoencoder.locate`);
 3. a Gaussian per keypoint and view, scaled by attention, drawn on the heatmap grid
    (:meth:`~KeypointAutoencoder.draw_keypoints`) and decoded back to the cropped view, optionally
-   with features of a fixed background image (:meth:`~KeypointAutoencoder.reconstruct`).
+   with features of an image of the empty scene (:meth:`~KeypointAutoencoder.reconstruct`),
+   scored by a squared error weighted towards what differs from the empty scene
+   (:mod:`kp3d.reconstruction`; ``foreground_weight``), so that small objects are reconstructed
+   and therefore get keypoints.
 
 What lies between 2 and 3 is the method: Keypoint3D lifts, fuses and reprojects the detections;
 the 2D ablation draws them where they are.
@@ -22,9 +25,9 @@ import math
 from collections.abc import Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from kp3d.batch import FrameBatch
 from kp3d.perception.base import (
     Perception,
     PerceptionVisuals,
@@ -40,6 +43,7 @@ from kp3d.perception.layers import (
     resolve_crop_size,
     sample_crop_origins,
 )
+from kp3d.reconstruction import batch_background, foreground_weights, weighted_mse
 from kp3d.spatial import (
     EPS,
     crop_images,
@@ -112,9 +116,17 @@ def separation_loss(keypoints: torch.Tensor, scale: float = SEPARATION_SCALE) ->
     return (1.0 / (scale * squared[:, distinct] + 1.0)).mean()
 
 
-def _encoder_input(crops: torch.Tensor) -> torch.Tensor:
-    """``(B, C, 3, h, w)`` in ``[0, 1]`` → ``(B, 3C, h, w)`` in ``[-1, 1]``: cameras as channels."""
-    return crops.flatten(1, 2) * 2.0 - 1.0
+def normalized_crops(
+    images: torch.Tensor, origins: torch.Tensor, size: tuple[int, int]
+) -> torch.Tensor:
+    """Crops of ``(*, 3, H, W)`` images in ``[0, 1]``, as the encoder reads them: in ``[-1, 1]``,
+    contiguous, made with one copy (:func:`~kp3d.spatial.crop_images` gives a view or a gathered
+    tensor; the affine map is written into the latter in place)."""
+    crops = crop_images(images, origins, size)
+    fresh = crops.untyped_storage().data_ptr() != images.untyped_storage().data_ptr()
+    if fresh and not crops.requires_grad:
+        return crops.mul_(2.0).sub_(1.0)  # a gathered copy: reuse its memory
+    return torch.mul(crops, 2.0).sub_(1.0)
 
 
 class KeypointAutoencoder(Perception):
@@ -172,9 +184,16 @@ class KeypointAutoencoder(Perception):
         decode_attention: scale each keypoint's Gaussian by its attention ``· K / 2`` (Keypoint3D:
             the mean over views ``Ā^k``; Keypoint2D: the view's own ``A_n^k``; reference
             ``--decode_attention``, used in all its published runs).
-        background: condition the decoder on features of a fixed image per camera
-            (:meth:`set_background`; the reference's ``--decode_first_frame``), so that static
-            scenery need not be carried by keypoints. Meant for fixed cameras.
+        background: condition the decoder on features of the empty scene's image of each camera
+            (:meth:`set_background`, or per sample for moving cameras; the reference's
+            ``--decode_first_frame`` conditions on an episode's first frame instead), so that
+            static scenery need not be carried by keypoints.
+        foreground_weight: ``λ`` of the reconstruction error's per-pixel weights
+            ``1 + λ · Σ_RGB |image - empty scene|`` (:mod:`kp3d.reconstruction`), which make
+            small objects count; 0 is the reference's plain mean squared error. The empty scene
+            is the one given per sample to ``forward``, else the one set by
+            :meth:`set_background`, else estimated as the batch's per-pixel median (right for
+            fixed cameras only).
         reconstruction_weight: weight of the reconstruction MSE (reference 5.0).
         separation_weight: weight of the separation loss between keypoints (reference 0.0025;
             what is kept apart, and at which scale, is the subclass's).
@@ -198,6 +217,7 @@ class KeypointAutoencoder(Perception):
         gaussian_std: float = 0.75,
         decode_attention: bool = True,
         background: bool = False,
+        foreground_weight: float = 20.0,
         reconstruction_weight: float = 5.0,
         separation_weight: float = 0.0025,
         sparsity_weight: float = 0.0,
@@ -215,7 +235,7 @@ class KeypointAutoencoder(Perception):
             "separation": separation_weight,
             "sparsity": sparsity_weight,
         }
-        check_non_negative(noise=noise)
+        check_non_negative(noise=noise, foreground_weight=foreground_weight)
         for name, weight in loss_weights.items():
             if not weight >= 0:
                 raise ValueError(f"{name}_weight must be non-negative; got {weight!r}")
@@ -224,6 +244,7 @@ class KeypointAutoencoder(Perception):
         self.noise = float(noise)
         self.gaussian_std = float(gaussian_std)
         self.decode_attention = decode_attention
+        self.foreground_weight = float(foreground_weight)
         self.loss_weights = {name: float(value) for name, value in loss_weights.items()}
         self.crop_size = resolve_crop_size(crop_size, self.image_size, heatmap_stride)
 
@@ -250,26 +271,101 @@ class KeypointAutoencoder(Perception):
             background_channels = [background_filters * multiple for multiple in (1, 2, 4)]
             self.background_encoder = ConvStack(3 * count, background_channels, layers, self.groups)
             decoder_inputs += background_channels[-1]
-            self.register_buffer("background", torch.full((count, 3, *self.image_size), math.nan))
-        self._background_checked = False
+        # The empty scene seen by each camera, NaN until set_background (part of the state dict).
+        self.register_buffer("background", torch.full((count, 3, *self.image_size), math.nan))
+        self._background_known = False
         self.decoder = ConvDecoder(decoder_inputs, 3 * count, channels, layers, sizes, self.groups)
 
     def set_background(self, images: torch.Tensor) -> None:
-        """Set the fixed per-camera images the decoder is conditioned on (``background=True``).
+        """Set the empty scene each camera sees (fixed cameras): the decoder's conditioning with
+        ``background=True`` and the reference of the reconstruction's foreground weights.
 
         Args:
-            images: ``(C, 3, H, W)`` float in ``[0, 1]``, e.g. the first frame of an episode or a
-                render of the scene without the robot. Stored in the state dict.
+            images: ``(C, 3, H, W)`` float in ``[0, 1]``: a render of the scene without the robot
+                and the objects (``env.unwrapped.render_background()``). Stored in the state dict.
         """
-        if self.background_encoder is None:
-            raise RuntimeError(f"this {type(self).__name__} was built with background=False")
         expected = (self.num_cameras, 3, *self.image_size)
         if tuple(images.shape) != expected:
             raise ValueError(
                 f"background images must have shape {expected}; got {tuple(images.shape)}"
             )
+        if not torch.isfinite(images).all():
+            raise ValueError("background images must be finite")
         self.background.copy_(images)
-        self._background_checked = True
+        self._background_known = True
+
+    def training_losses(self, batch: FrameBatch) -> dict[str, torch.Tensor]:
+        """The auxiliary losses of :meth:`forward` on ``batch``, with its per-frame empty scene
+        (``batch.backgrounds``, moving cameras) when it has one."""
+        output = self(
+            batch.images, batch.intrinsics, batch.extrinsics, backgrounds=batch.backgrounds
+        )
+        return dict(output.losses)
+
+    @property
+    def has_background(self) -> bool:
+        """Whether :meth:`set_background` was called (or a state dict holding one was loaded)."""
+        if not self._background_known:
+            self._background_known = bool(torch.isfinite(self.background).all())
+        return self._background_known
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        # Checkpoints from before the background was always a buffer lack it: keep it unknown.
+        state_dict.setdefault(prefix + "background", self.background.clone())
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._background_known = False
+
+    def scene_background(
+        self, images: torch.Tensor, backgrounds: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The empty scene behind ``images``: ``backgrounds`` if given, else the one set by
+        :meth:`set_background`, else the batch's per-pixel median
+        (:func:`~kp3d.reconstruction.batch_background`, right for fixed cameras only).
+
+        Args:
+            images: ``(B, C, 3, H, W)`` in ``[0, 1]``.
+            backgrounds: ``(B, C, 3, H, W)`` or ``(C, 3, H, W)``, or ``None``.
+
+        Returns:
+            ``(B, C, 3, H, W)`` or ``(C, 3, H, W)``, of the images' dtype.
+        """
+        if backgrounds is not None:
+            expected = tuple(images.shape)
+            if tuple(backgrounds.shape) not in (expected, expected[1:]):
+                raise ValueError(
+                    f"backgrounds must have shape {expected} or {expected[1:]}; got "
+                    f"{tuple(backgrounds.shape)}"
+                )
+            return backgrounds.to(images.dtype)
+        if self.has_background:
+            return self.background.to(images.dtype)
+        return batch_background(images)
+
+    def crop(self, images: torch.Tensor, crop_origins: torch.Tensor) -> torch.Tensor:
+        """``(B, C, 3, h, w)`` crops of ``images (B, C, 3, H, W)`` in ``[0, 1]`` at
+        ``crop_origins (B, C, 2)``, in ``[-1, 1]`` as the encoder reads them
+        (:func:`normalized_crops`)."""
+        return normalized_crops(images, crop_origins, self.crop_size)
+
+    def reconstruction_weights(
+        self,
+        images: torch.Tensor,
+        crop_origins: torch.Tensor,
+        backgrounds: torch.Tensor | None = None,
+    ) -> torch.Tensor | None:
+        """``(B, C, h, w)`` per-pixel weights of the reconstruction error in each crop
+        (``foreground_weight``), or ``None`` for the plain mean squared error.
+
+        Args:
+            images: ``(B, C, 3, H, W)`` in ``[0, 1]``.
+            crop_origins: ``(B, C, 2)``.
+            backgrounds: the empty scene per sample, if known (see :meth:`scene_background`).
+        """
+        if self.foreground_weight == 0:
+            return None
+        reference = self.scene_background(images, backgrounds)
+        weights = foreground_weights(images, reference, self.foreground_weight)
+        return crop_images(weights[:, :, None], crop_origins, self.crop_size)[:, :, 0]
 
     def crop_origins(self, batch: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
         """``(B, C, 2)`` ``(u, v)`` crop corners: uniform over every valid position in training,
@@ -282,12 +378,12 @@ class KeypointAutoencoder(Perception):
         """Encoder features of cropped views.
 
         Args:
-            crops: ``(B, C, 3, h, w)`` in ``[0, 1]``.
+            crops: ``(B, C, 3, h, w)`` in ``[-1, 1]`` (:meth:`crop`).
 
         Returns:
             ``(B, 4 f, S_h, S_w)`` (``f`` times ``C`` with per-view encoders, camera-major).
         """
-        return self.encoder(_encoder_input(crops))
+        return self.encoder(crops.flatten(1, 2))
 
     def heatmap_logits(self, features: torch.Tensor) -> torch.Tensor:
         """``(B, C, K, S_h, S_w)`` heatmap logits from :meth:`encode`'s features."""
@@ -344,49 +440,72 @@ class KeypointAutoencoder(Perception):
             maps = maps * (attention * self.num_keypoints / 2.0)[..., None, None]
         return maps
 
-    def decode(self, maps: torch.Tensor, crop_origins: torch.Tensor) -> torch.Tensor:
-        """Reconstruct the cropped views from Gaussian maps (and the background, if enabled).
+    def decode(
+        self,
+        maps: torch.Tensor,
+        crop_origins: torch.Tensor,
+        background: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Reconstruct the cropped views from Gaussian maps (and the empty scene, if enabled).
 
         Args:
             maps: ``(B, C, K, S_h, S_w)``.
             crop_origins: ``(B, C, 2)`` (to crop the background like the views).
+            background: with ``background=True``, the empty scene ``(C, 3, H, W)`` or
+                ``(B, C, 3, H, W)`` in ``[0, 1]`` (default: the one set by
+                :meth:`set_background`).
 
         Returns:
-            ``(B, C, 3, h, w)`` reconstructions, about ``[0, 1]``.
+            ``(B, C, 3, h, w)`` reconstructions in the encoder's ``[-1, 1]`` (about).
         """
         batch = maps.shape[0]
         # Channels grouped so that with per-view decoders each group holds its own camera's input.
         latent = maps.reshape(batch, self.groups, -1, *self.heatmap_size)
         if self.background_encoder is not None:
-            if not self._background_checked:
-                if torch.isnan(self.background).any():
-                    raise RuntimeError("background=True: call set_background(images) first")
-                self._background_checked = True
-            background = self.background.to(maps.dtype).expand(batch, *self.background.shape)
-            crops = crop_images(background, crop_origins, self.crop_size)
-            features = self.background_encoder(_encoder_input(crops))
+            if background is None:
+                if not self.has_background:
+                    raise RuntimeError(
+                        "background=True: call set_background(images) first, or pass the empty "
+                        "scene per sample"
+                    )
+                background = self.background
+            background = background.to(maps.dtype)
+            if background.ndim == 4:
+                background = background.expand(batch, *background.shape)
+            crops = normalized_crops(background, crop_origins, self.crop_size)
+            features = self.background_encoder(crops.flatten(1, 2))
             latent = torch.cat(
                 [latent, features.reshape(batch, self.groups, -1, *self.heatmap_size)], dim=2
             )
-        images = self.decoder(latent.flatten(1, 2)) * 0.5 + 0.5
+        images = self.decoder(latent.flatten(1, 2))
         return images.reshape(batch, self.num_cameras, 3, *self.crop_size)
 
     def reconstruct(
-        self, maps: torch.Tensor, crops: torch.Tensor, crop_origins: torch.Tensor
+        self,
+        maps: torch.Tensor,
+        crops: torch.Tensor,
+        crop_origins: torch.Tensor,
+        weights: torch.Tensor | None = None,
+        background: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Decode the maps and score them against the crops.
 
         Args:
             maps: ``(B, C, K, S_h, S_w)`` from :meth:`draw_keypoints`.
-            crops: ``(B, C, 3, h, w)`` the views the encoder saw.
+            crops: ``(B, C, 3, h, w)`` the views the encoder saw, in ``[-1, 1]``.
             crop_origins: ``(B, C, 2)``.
+            weights: ``(B, C, h, w)`` per-pixel weights (:meth:`reconstruction_weights`), or
+                ``None`` for the plain mean squared error.
+            background: the decoder's conditioning (see :meth:`decode`).
 
         Returns:
-            ``reconstructions (B, C, 3, h, w)`` and the weighted reconstruction MSE (scalar).
+            ``reconstructions (B, C, 3, h, w)`` in ``[0, 1]`` (about) and the weighted
+            reconstruction loss (scalar): the (weighted) mean squared error in ``[0, 1]`` units.
         """
-        reconstructions = self.decode(maps, crop_origins)
-        loss = self.loss_weights["reconstruction"] * F.mse_loss(reconstructions, crops)
-        return reconstructions, loss
+        decoded = self.decode(maps, crop_origins, background)
+        # Errors in [-1, 1] are twice those in [0, 1]: a quarter of the squared error.
+        error = 0.25 * weighted_mse(decoded, crops, weights)
+        return decoded * 0.5 + 0.5, self.loss_weights["reconstruction"] * error
 
     def visuals(
         self,
@@ -413,5 +532,6 @@ __all__ = [
     "KeypointAutoencoder",
     "attention_entropy",
     "keypoint_attention",
+    "normalized_crops",
     "separation_loss",
 ]

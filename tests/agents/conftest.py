@@ -97,12 +97,15 @@ def make_agent():
     mapping."""
     from agents.config import config_from_dict
     from agents.environment import camera_layout
-    from agents.training import build_model, make_run_env
+    from agents.training import build_model, feature_encoder, make_run_env
 
     def make(config_data: dict[str, Any]) -> BaseAlgorithm:
         config = config_from_dict(config_data)
         layout = camera_layout(config.env_id, config.env_kwargs)
-        env = make_run_env(config, layout, config.n_envs, config.seed, training=True)
+        encoder = feature_encoder(config, layout)
+        env = make_run_env(
+            config, layout, config.n_envs, config.seed, training=True, encoder=encoder
+        )
         return build_model(config, env, layout)
 
     return make

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -30,6 +31,19 @@ def test_train_then_eval_from_the_command_line(tmp_path: Path, write_config, tin
     result = _kp3d("eval", str(run), "--episodes", "1", "--no-deterministic")
     assert result.returncode == 0, result.stderr
     assert "1 episodes: return" in result.stdout and "success rate" in result.stdout
+    result = _kp3d("eval", str(run), "--episodes", "2", "--json")
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout)  # stdout holds the JSON object and nothing else
+    assert set(figures) == {
+        "success_rate",
+        "return_mean",
+        "return_std",
+        "episode_lengths",
+        "episodes",
+        "seed",
+    }
+    assert figures["episodes"] == 2 and figures["episode_lengths"] == [100, 100]
+    assert 0.0 <= figures["success_rate"] <= 1.0 and figures["seed"] == 10_000
 
 
 def test_bad_configs_and_arguments_exit_2_with_a_message(

@@ -17,7 +17,16 @@ from scipy import ndimage
 
 from agents.dataset import RandomPolicy, episode_seeds, write_dataset
 from kp3d import geometry
-from kp3d.data import META_FILE, DatasetError, FrameDataset, load_shard, read_info, shard_name
+from kp3d.data import (
+    BACKGROUND_FILE,
+    META_FILE,
+    DatasetError,
+    FrameDataset,
+    load_shard,
+    read_background,
+    read_info,
+    shard_name,
+)
 
 REACH = "kp3d/Reach-v0"
 EPISODE = 101  # frames of a Reach episode: the reset's and 100 steps'
@@ -260,3 +269,29 @@ def test_an_image_based_agent_acts_from_its_observations(
     write_dataset(REACH, 12, tmp_path / "data", policy=str(run), progress=False)
     info = read_info(tmp_path / "data")
     assert info.frames == 12 and info.env_kwargs == {"size": 32, "obs_mode": "pixels"}
+
+
+def test_the_empty_scene_is_stored_once_for_fixed_cameras(reach_dataset: Path) -> None:
+    assert read_info(reach_dataset).background == "fixed"
+    assert (reach_dataset / BACKGROUND_FILE).is_file()
+    env = gym.make(REACH)
+    env.reset(seed=0)
+    expected = env.unwrapped.render_background()
+    env.close()
+    np.testing.assert_array_equal(read_background(reach_dataset), expected)
+    dataset = FrameDataset(reach_dataset, "all", load=("keypoints", "backgrounds"))
+    torch_background = dataset.background
+    assert torch_background is not None and torch_background.shape == (3, 3, 64, 64)
+    assert dataset.frames([0]).backgrounds is None  # not per frame: the cameras are fixed
+
+
+def test_moving_cameras_store_the_empty_scene_of_every_frame(tmp_path: Path) -> None:
+    write_dataset("kp3d/Ant-v0", 6, tmp_path, size=32, progress=False)
+    assert read_info(tmp_path).background == "per_frame"
+    assert read_background(tmp_path) is None
+    dataset = FrameDataset(tmp_path, "all", load=("backgrounds",))
+    batch = dataset.frames(np.arange(6))
+    assert batch.backgrounds is not None and batch.backgrounds.shape == batch.images.shape
+    # The cameras follow the torso: the floor under them changes, and the ant is not in it.
+    assert not np.array_equal(batch.backgrounds[0].numpy(), batch.backgrounds[5].numpy())
+    assert (batch.backgrounds - batch.images).abs().amax() > 0.3

@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 
 import gymnasium as gym
+import mujoco
 import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env as gym_check_env
@@ -261,4 +262,31 @@ def test_unknown_task_and_bad_actions_give_clear_errors() -> None:
         env.step(np.zeros(7))
     with pytest.raises(ValueError, match="finite"):
         env.step(np.full(env.action_space.shape, np.nan))
+    env.close()
+
+
+@pytest.mark.parametrize("env_id", sorted(envs.TASKS))
+def test_the_empty_scene_shows_no_movable_body(env_id: str) -> None:
+    """render_background leaves out every body that can move (the robot, objects, mocap
+    targets) and nothing else, and leaves the model as it was."""
+    env = gym.make(env_id, size=48)
+    env.reset(seed=1)
+    base = env.unwrapped
+    groups = base.model.geom_group.copy()
+    background = base.render_background()
+    np.testing.assert_array_equal(base.model.geom_group, groups)
+    assert background.shape == (len(base.cameras), 48, 48, 3) and background.dtype == np.uint8
+    segmentation = base.renderer.render_segmentation(base.data)
+    geoms = segmentation[..., 1] == int(mujoco.mjtObj.mjOBJ_GEOM)
+    movable = base.model.body_weldid[base.model.geom_bodyid] != 0
+    on_movable = geoms & movable[np.where(geoms, segmentation[..., 0], 0)]
+    views = base.render_views()
+    assert on_movable.any()
+    # Pixels of movable bodies change; pixels of static geoms far from any movable one do not.
+    changed = np.abs(views.astype(int) - background.astype(int)).sum(axis=-1) > 30
+    assert changed[on_movable].mean() > 0.9
+    assert changed[~on_movable].mean() < 0.05
+    defaults = envs.perception_defaults(env_id)
+    assert defaults["num_keypoints"] == base.learned_keypoints
+    assert 0.5 < defaults["mean_depth"] < 5.0
     env.close()

@@ -378,11 +378,30 @@ class TestKeypoint3D:
             model(images, intrinsics, extrinsics)
         with pytest.raises(ValueError, match=r"\(3, 3, 64, 64\)"):
             model.set_background(torch.rand(3, 64, 64))
-        with pytest.raises(RuntimeError, match="background=False"):
-            small_model().set_background(torch.rand(3, 3, IMAGE, IMAGE))
+        with pytest.raises(ValueError, match="finite"):
+            model.set_background(torch.full((3, 3, IMAGE, IMAGE), math.nan))
         model.set_background(images[0])
         assert "background" in model.state_dict()
         assert model(images, intrinsics, extrinsics).visuals.reconstructions is not None
+        # Per-sample empty scenes (moving cameras) are taken instead, and checked.
+        per_sample = model(images, intrinsics, extrinsics, backgrounds=images.flip(0))
+        assert per_sample.visuals.reconstructions is not None
+        with pytest.raises(ValueError, match="backgrounds must have shape"):
+            model(images, intrinsics, extrinsics, backgrounds=images[:1])
+
+    def test_background_is_known_after_loading(self) -> None:
+        model = small_model()
+        assert not model.has_background  # the foreground weights estimate it per batch
+        model.set_background(torch.rand(3, 3, IMAGE, IMAGE))
+        copy = small_model()
+        copy.load_state_dict(model.state_dict())
+        assert copy.has_background
+        torch.testing.assert_close(copy.background, model.background)
+        # A checkpoint from before the background was always stored loads with it unknown.
+        old = {k: v for k, v in model.state_dict().items() if k != "background"}
+        fresh = small_model()
+        fresh.load_state_dict(old)
+        assert not fresh.has_background
 
     def test_input_errors(self) -> None:
         model = small_model()

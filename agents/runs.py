@@ -1,0 +1,92 @@
+"""Run directories and what every run of kp3d shares: fresh directories that never overwrite
+another run, SB3's logger writing into them, and torch's CPU threads.
+
+Training (:mod:`agents.training`), pretraining (:mod:`agents.pretrain`) and the benchmarks create
+their directories and loggers here, so that they all behave alike.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import torch
+from stable_baselines3.common.logger import Logger, make_output_format
+
+from agents.config import ConfigError
+
+LOG_DIR = "logs"
+"""Logs of a run (CSV, TensorBoard), below its directory."""
+
+
+class RunDirectoryError(ValueError):
+    """A run directory that cannot be used (taken by another run, or not a run)."""
+
+
+def check_new_run_dir(path: Path) -> None:
+    """Refuse a directory that holds anything: a run never overwrites another."""
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise RunDirectoryError(
+            f"run directory {str(path)!r} already exists and is not empty; choose another "
+            f"--run-dir, or continue that run with --resume {path}"
+        )
+
+
+def new_run_dir(run_dir: str | Path | None, default: Path) -> Path:
+    """Make a fresh directory: ``run_dir`` if given (it must not hold anything yet), else
+    ``default`` (with a ``_2``, ``_3``... suffix if taken)."""
+    if run_dir is not None:
+        path = Path(run_dir)
+        check_new_run_dir(path)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    base = default
+    for attempt in range(1, 1000):
+        path = base if attempt == 1 else base.with_name(f"{base.name}_{attempt}")
+        try:
+            path.mkdir(parents=True)
+            return path
+        except FileExistsError:
+            continue
+    raise RunDirectoryError(f"could not create a fresh run directory next to {base}")
+
+
+def make_logger(run_dir: Path, verbose: int, suffix: str) -> Logger:
+    """SB3 logger of a run: CSV (and TensorBoard when installed) in ``run_dir/logs``, stdout when
+    ``verbose``; file names end with ``suffix``."""
+    folder = str(run_dir / LOG_DIR)
+    formats = ["csv"]
+    if verbose >= 1:
+        formats.append("stdout")
+    if importlib.util.find_spec("tensorboard") is not None:
+        formats.append("tensorboard")
+    return Logger(folder, [make_output_format(name, folder, suffix) for name in formats])
+
+
+def set_torch_threads(threads: int | None) -> None:
+    """``torch.set_num_threads(threads)`` unless ``threads`` is ``None``."""
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` → CUDA when present, else CPU; anything else as torch reads it."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError as error:
+        raise ConfigError(f"'device' {device!r} is not a torch device: {error}") from None
+
+
+__all__ = [
+    "LOG_DIR",
+    "RunDirectoryError",
+    "check_new_run_dir",
+    "make_logger",
+    "new_run_dir",
+    "resolve_device",
+    "set_torch_threads",
+]

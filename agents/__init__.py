@@ -21,7 +21,7 @@ from importlib import import_module
 from typing import Any
 
 _EXPORTS = {
-    "train": "agents.training",
+    "train": "agents.pipeline",
     "resume": "agents.training",
     "load": "agents.evaluation",
     "evaluate": "agents.evaluation",

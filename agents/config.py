@@ -96,6 +96,11 @@ class PerceptionConfig:
     """Multiplier of the perception's (already weighted) auxiliary losses when added to the PPO
     loss (``joint``) or to the SAC critic loss."""
 
+    aux_batch_size: int | None = None
+    """Compute those auxiliary losses (the decoder: most of an update's cost) on this many of
+    each PPO minibatch's or SAC batch's observations; ``null``: on all of them. PPO's separate
+    unsupervised steps are not affected (``unsupervised.batch_size``)."""
+
     max_grad_norm: float = 5.0
     """Gradient-norm clip of the perception's parameters in joint PPO updates, separate from
     ``ppo.max_grad_norm`` (the policy's). The reference clips at ``max(max_grad_norm + 3,
@@ -217,10 +222,6 @@ class SACConfig:
 
     activation: Literal["tanh", "relu"] = "relu"
     """Activation of those MLPs."""
-
-    aux_batch_size: int | None = None
-    """With a perception that trains: compute its auxiliary losses (its decoder, most of a
-    step's cost) on this many of each batch's observations; ``null``: on all of them."""
 
     save_replay_buffer: bool = False
     """Also write the replay buffer with every checkpoint (large: see ``buffer_size``), so that a
@@ -600,7 +601,9 @@ def check_config(config: TrainConfig) -> None:
         "eval.episodes": config.eval.episodes,
         "video.episodes": config.video.episodes,
         "video.max_steps": 1 if config.video.max_steps is None else config.video.max_steps,
-        "sac.aux_batch_size": 1 if config.sac.aux_batch_size is None else config.sac.aux_batch_size,
+        "perception.aux_batch_size": (
+            1 if config.perception.aux_batch_size is None else config.perception.aux_batch_size
+        ),
         "torch_threads": 1 if config.torch_threads is None else config.torch_threads,
     }
     for key, value in positive.items():
@@ -639,6 +642,10 @@ def check_config(config: TrainConfig) -> None:
     if name is not None:
         check_perception_choice(name, config.perception.kwargs)
     recipe = config.perception.pretrain
+    if recipe is not None and name is None:
+        raise ConfigError(
+            "'perception.pretrain' pretrains a perception, but 'perception.name' is null"
+        )
     if recipe is not None:
         for key in ("frames", "steps", "batch_size"):
             if getattr(recipe, key) < 1:

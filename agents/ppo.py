@@ -71,6 +71,8 @@ class PerceptionPPO(PPO):
         env: the vectorised env.
         joint: train the perception with the RL loss as well (reference default: True).
         aux_loss_coef: multiplier of the perception's weighted auxiliary losses in the PPO loss.
+        aux_batch_size: compute those losses on this many of each minibatch's observations (the
+            decoder is most of an epoch's cost); ``None``: on all of them.
         perception_max_grad_norm: gradient-norm clip of the perception's parameters in the PPO
             epochs (the reference decays it from 15 to ``max_grad_norm + 3``).
         unsupervised_steps: unsupervised gradient steps per update (reference 400; 0 disables the
@@ -98,6 +100,7 @@ class PerceptionPPO(PPO):
         env: Any,
         joint: bool = True,
         aux_loss_coef: float = 1.0,
+        aux_batch_size: int | None = None,
         perception_max_grad_norm: float = 5.0,
         unsupervised_steps: int = 32,
         unsupervised_batch_size: int = 32,
@@ -110,6 +113,7 @@ class PerceptionPPO(PPO):
         super().__init__(policy, env, _init_setup_model=False, **kwargs)
         self.joint = joint
         self.aux_loss_coef = aux_loss_coef
+        self.aux_batch_size = aux_batch_size
         self.perception_max_grad_norm = perception_max_grad_norm
         self.unsupervised_steps = unsupervised_steps
         self.unsupervised_batch_size = unsupervised_batch_size
@@ -207,7 +211,7 @@ class PerceptionPPO(PPO):
                 if isinstance(self.action_space, spaces.Discrete):
                     actions = rollout_data.actions.long().flatten()
 
-                with extractor.computing_losses(self.joint):
+                with extractor.computing_losses(self.joint, samples=self.aux_batch_size):
                     values, log_prob, entropy = self.policy.evaluate_actions(
                         rollout_data.observations, actions
                     )

@@ -343,6 +343,7 @@ def _build_algorithm(
         "verbose": config.verbose,
         "joint": config.perception.joint,
         "aux_loss_coef": config.perception.aux_loss_coef,
+        "aux_batch_size": config.perception.aux_batch_size,
     }
     if config.algo == "ppo":
         unsupervised = config.unsupervised
@@ -362,7 +363,6 @@ def _build_algorithm(
         policy,
         env,
         **sac_arguments(config),
-        aux_batch_size=config.sac.aux_batch_size,
         **common,
     )
 

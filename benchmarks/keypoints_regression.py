@@ -39,6 +39,7 @@ import yaml
 from agents.config import dataclass_from_dict
 from agents.dataset import write_dataset
 from agents.pretrain import CHECKPOINT_FILE, PretrainConfig, encode, pretrain
+from agents.runs import set_torch_threads
 from envs import perception_defaults
 from envs.registration import task_class
 from kp3d.data import FrameDataset, read_info
@@ -184,7 +185,7 @@ def main() -> None:
             "device": "cpu",
         },
     )
-    torch.set_num_threads(1)
+    set_torch_threads(1)
     start = time.perf_counter()
     run = pretrain(config, run_dir=args.run_dir)
     train_seconds = time.perf_counter() - start

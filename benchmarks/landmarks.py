@@ -5,9 +5,10 @@ directory, for the same number of training frames (``--frames``, i.e. ``steps x 
 of its config), with its own config under ``configs/pretrain/``. The pretrain run's held-out
 evaluation then fits a linear map (least squares with a bias) from the module's keypoints (+
 confidences) to the ground-truth keypoints on training episodes and scores it on held-out
-episodes: the mean error normalised by the env's length (as MAFL normalises by the inter-ocular
-distance), R², and the error per keypoint. The untrained network is scored too (step 0), because
-a random CNN's soft-argmax already carries information a linear probe can read.
+episodes: per ground-truth keypoint, the R² of its worst axis and its mean error in metres (and
+the error normalised by the env's length, as MAFL normalises by the inter-ocular distance). The
+untrained network is scored too (step 0), beside every figure, because a random CNN's
+soft-argmax already carries information a linear probe can read.
 
 Cost: training frames per CPU-second of the run's process (one torch thread), so that runs that
 shared the machine are still comparable.
@@ -115,20 +116,34 @@ def training_frames_per_second(run_dir: Path) -> float | None:
 
 
 def table(results: list[dict], keypoint_names: list[str]) -> str:
-    names = " | ".join(keypoint_names)
-    lines = [
-        f"| method | steps x batch | probe error, untrained → trained | R² | per keypoint "
-        f"({names}) | training frames/s |",
-        "|---|---|---|---|---|---|",
+    """Markdown: per method, each ground-truth keypoint's held-out R² (worst axis) and mean error
+    untrained → trained, then the training cost. Keypoints that never move are left out."""
+    moving = [
+        name
+        for name in keypoint_names
+        if any(r["last"]["probe_per_keypoint"][name]["r2"] is not None for r in results)
     ]
+    header = " | ".join(f"{name}: R², error (cm)" for name in moving)
+    lines = [
+        f"| method | steps x batch | {header} | training frames/s |",
+        "|---|---|" + "---|" * len(moving) + "---|",
+    ]
+
+    def cell(first: dict, last: dict) -> str:
+        if last["r2"] is None:
+            return "—"
+        return (
+            f"{first['r2']:.2f} → **{last['r2']:.2f}**, "
+            f"{100 * first['error_m']:.1f} → {100 * last['error_m']:.1f}"
+        )
+
     for result in results:
-        first, last = result["first"], result["last"]
-        per = " / ".join(f"{e:.3f}" for e in last["probe_error_per_keypoint"])
+        first = result["first"]["probe_per_keypoint"]
+        last = result["last"]["probe_per_keypoint"]
+        cells = " | ".join(cell(first[name], last[name]) for name in moving)
         fps = "—" if result["frames_per_s"] is None else f"{result['frames_per_s']:.1f}"
         lines.append(
-            f"| {result['method']} | {result['steps']} x {result['batch_size']} | "
-            f"{first['probe_error']:.3f} → **{last['probe_error']:.3f}** | "
-            f"{last['probe_r2']:.2f} | {per} | {fps} |"
+            f"| {result['method']} | {result['steps']} x {result['batch_size']} | {cells} | {fps} |"
         )
     return "\n".join(lines)
 

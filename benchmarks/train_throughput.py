@@ -194,7 +194,7 @@ def main() -> None:
         results.update(
             train_freq=config.sac.train_freq,
             gradient_steps=config.sac.gradient_steps,
-            aux_batch_size=config.sac.aux_batch_size,
+            aux_batch_size=config.perception.aux_batch_size,
             ratio_frozen_over_sb3_pixel=medians["keypoint3d_sac_frozen"] / medians[pixel],
             replay_bytes_per_transition={
                 name: replay_bytes_per_transition(model) for name, model in agents.items()

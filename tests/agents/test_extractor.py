@@ -137,3 +137,30 @@ def test_bad_layouts_are_refused(layout) -> None:
     del space.spaces["state"]
     with pytest.raises(ValueError, match="no 'state'"):
         _extractor(layout, space=space)
+
+
+def test_losses_on_a_sub_batch_keep_every_feature(layout) -> None:
+    extractor = _extractor(layout, projection_dim=None).eval()  # eval: no random crops or noise
+    observation = _observation(_space(layout.names), batch=6)
+    with torch.no_grad():
+        whole = extractor(observation)
+        with extractor.computing_losses():
+            extractor(observation)
+            all_losses = dict(extractor.last_losses)
+        with extractor.computing_losses(samples=2):
+            split = extractor(observation)
+            some_losses = dict(extractor.last_losses)
+        first_two = {key: value[:2] for key, value in observation.items()}
+        with extractor.computing_losses():
+            extractor(first_two)
+            expected = dict(extractor.last_losses)
+    torch.testing.assert_close(split, whole)
+    assert set(some_losses) == set(all_losses)
+    for name, value in expected.items():
+        torch.testing.assert_close(some_losses[name], value, msg=name)
+
+
+def test_training_processes_keep_freed_memory() -> None:
+    from agents.runs import keep_freed_memory
+
+    assert keep_freed_memory()  # glibc's mallopt took both settings (this is a Linux machine)

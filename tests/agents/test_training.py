@@ -132,18 +132,18 @@ def test_bad_perception_arguments_fail_before_any_run_is_made(tmp_path, tiny_con
 
 
 @pytest.mark.slow
-def test_the_demo_run_learns_to_reconstruct_its_views(tmp_path: Path) -> None:
-    """``configs/demo.yaml`` with half its budget: Keypoint3D's reconstruction loss (unsupervised
-    steps) falls to under half its first value."""
-    import csv
+def test_the_demo_s_keypoints_carry_the_arm_and_the_target(tmp_path: Path) -> None:
+    """``configs/demo.yaml``'s recipe (dataset and pretraining, ~4 minutes): the keypoints it
+    freezes carry the target and the fingertip on held-out episodes."""
+    import json
+
+    from agents.pipeline import prepare_perception
 
     config = agents.load_config(
-        Path(__file__).parents[2] / "configs" / "demo.yaml",
-        ["n_timesteps=2048", "eval.freq=0", "progress_bar=false", "verbose=0"],
+        Path(__file__).parents[2] / "configs" / "demo.yaml", ["progress_bar=false", "verbose=0"]
     )
-    run = agents.train(config, run_dir=tmp_path / "run")
-    with (run / "logs" / "progress.csv").open() as file:
-        rows = [row for row in csv.DictReader(file) if row.get("kp3d/unsupervised/reconstruction")]
-    losses = [float(row["kp3d/unsupervised/reconstruction"]) for row in rows]
-    assert len(losses) >= 5
-    assert losses[-1] < 0.5 * losses[0]
+    prepared = prepare_perception(config, tmp_path)
+    run = Path(str(prepared.perception.pretrained)).parent
+    last = json.loads((run / "evaluations.jsonl").read_text().splitlines()[-1])
+    for keypoint in ("target", "fingertip", "elbow"):
+        assert last["probe_per_keypoint"][keypoint]["r2"] > 0.95, (keypoint, last)

@@ -1,0 +1,70 @@
+"""The benchmark scripts still run: the figures of BENCHMARKS.md come from them."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
+
+
+def load(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_landmark_table_reports_each_moving_keypoint_untrained_and_trained() -> None:
+    landmarks = load("landmarks")
+
+    def evaluation(r2: float) -> dict:
+        return {
+            "probe_per_keypoint": {
+                "base": {"r2": None, "error_m": 0.0},
+                "target": {"r2": r2, "error_m": 0.1 * (1 - r2)},
+            }
+        }
+
+    result = {
+        "method": "keypoint3d",
+        "steps": 10,
+        "batch_size": 4,
+        "first": evaluation(0.5),
+        "last": evaluation(0.99),
+        "frames_per_s": 12.0,
+    }
+    table = landmarks.table([result], ["base", "target"])
+    assert "target: R², error (cm)" in table and "base" not in table
+    assert "0.50 → **0.99**, 5.0 → 0.1" in table
+
+
+def test_perception_speed_compares_the_crops(tmp_path: Path) -> None:
+    out = tmp_path / "speed.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(BENCHMARKS / "perception_speed.py"),
+            "--batch-size",
+            "4",
+            "--calls",
+            "1",
+            "--repeats",
+            "1",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(out.read_text())
+    for case in ("act", "encode", "train_step"):
+        assert figures[case]["ms_fast_crops"] > 0 and figures[case]["ms_main_crops"] > 0
+    assert figures["pretraining_frames_per_second"]["fast_crops"] > 0

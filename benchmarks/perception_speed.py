@@ -95,20 +95,35 @@ def main() -> None:
 
     set_torch_threads(1)
     torch.manual_seed(0)
-    module = make_perception(
-        "keypoint3d",
-        num_cameras=3,
-        image_size=args.size,
-        num_keypoints=8,
-        heatmap_stride=args.heatmap_stride,
-        mean_depth=0.96,
-    )
-    module.set_background(torch.rand(3, 3, args.size, args.size))
     images = torch.rand(args.batch_size, 3, 3, args.size, args.size)
     intrinsics = torch.tensor([[60.0, 0, 32], [0, 60.0, 32], [0, 0, 1]]).expand(3, 3, 3)
     extrinsics = torch.eye(4).expand(3, 4, 4).clone()
     extrinsics[:, 2, 3] = 1.0
-    optimizer = torch.optim.Adam(module.parameters(), lr=1e-4)
+
+    def training_step(foreground_weight: float) -> tuple[torch.nn.Module, Callable[[], None]]:
+        """A Keypoint3D and one optimizer step of its losses on ``images``."""
+        module = make_perception(
+            "keypoint3d",
+            num_cameras=3,
+            image_size=args.size,
+            num_keypoints=8,
+            heatmap_stride=args.heatmap_stride,
+            mean_depth=0.96,
+            foreground_weight=foreground_weight,
+        )
+        module.set_background(torch.rand(3, 3, args.size, args.size))
+        optimizer = torch.optim.Adam(module.parameters(), lr=1e-4)
+
+        def step() -> None:
+            loss = module.train()(images, intrinsics, extrinsics).total_loss()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
+        return module, step
+
+    module, train_step = training_step(20.0)
+    _, train_step_plain = training_step(0.0)
 
     @torch.no_grad()
     def act() -> None:
@@ -117,29 +132,6 @@ def main() -> None:
     @torch.no_grad()
     def encode() -> None:
         module.eval()(images, intrinsics, extrinsics, compute_losses=False)
-
-    def train_step() -> None:
-        loss = module.train()(images, intrinsics, extrinsics).total_loss()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-
-    plain = make_perception(
-        "keypoint3d",
-        num_cameras=3,
-        image_size=args.size,
-        num_keypoints=8,
-        heatmap_stride=args.heatmap_stride,
-        mean_depth=0.96,
-        foreground_weight=0.0,
-    )
-    plain_optimizer = torch.optim.Adam(plain.parameters(), lr=1e-4)
-
-    def train_step_plain() -> None:
-        loss = plain.train()(images, intrinsics, extrinsics).total_loss()
-        plain_optimizer.zero_grad()
-        loss.backward()
-        plain_optimizer.step()
 
     cases = {"act": act, "encode": encode, "train_step": train_step}
     measured: dict[str, dict[str, list[float]]] = {case: {"fast": [], "main": []} for case in cases}

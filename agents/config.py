@@ -356,6 +356,39 @@ class TrainConfig:
     """0: quiet; 1: SB3's periodic tables on stdout."""
 
 
+# -- YAML ----------------------------------------------------------------------------------------
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses aliases (``*name``): nested aliases expand to exponential
+    size ("billion laughs"), a 625-byte file to hundreds of MB once the mapping is copied."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise ConfigError(
+                f"YAML aliases (*{event.anchor}) are not allowed in kp3d configs "
+                f"({event.start_mark}); write the value out"
+            )
+        return super().compose_node(parent, index)
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """Parse a config's YAML: safe types only, no aliases.
+
+    Raises:
+        ConfigError: naming ``source`` for invalid YAML or an alias.
+    """
+    try:
+        return yaml.load(text, Loader=_NoAliasLoader)
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark
+        where = "" if mark is None else f" at line {mark.line + 1}, column {mark.column + 1}"
+        raise ConfigError(f"{source} is not valid YAML: {error.problem}{where}") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{source} is not valid YAML: {error}") from None
+
+
 # -- dict <-> dataclass ---------------------------------------------------------------------------
 
 
@@ -475,10 +508,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     path = key.strip().split(".")
     if not sep or not all(path):
         raise ConfigError(f"overrides look like section.key=value; got {text!r}")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as error:
-        raise ConfigError(f"cannot parse the value of override {text!r}: {error}") from None
+    value = parse_yaml(raw, f"the value of override {text!r}") if raw.strip() else ""
     return path, value
 
 
@@ -522,10 +552,7 @@ def read_config_file(
         text = path.read_text()
     except OSError as error:
         raise ConfigError(f"cannot read config {str(path)!r}: {error.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise ConfigError(f"config {str(path)!r} is not valid YAML: {error}") from None
+    data = parse_yaml(text, f"config {str(path)!r}")
     if data is None:
         data = {}
     if not isinstance(data, Mapping):
@@ -555,114 +582,6 @@ def save_config(config: TrainConfig, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
 
 
-def check_perception_choice(name: str, kwargs: Mapping[str, Any]) -> None:
-    """Check that ``perception.name`` is registered and takes every key of ``perception.kwargs``
-    (their values are checked when the module is built for its cameras).
-
-    Raises:
-        ConfigError: listing the available perceptions, or the valid hyperparameters.
-    """
-    from kp3d.perception import available_perceptions, perception_hyperparameters
-
-    if name not in available_perceptions():
-        raise ConfigError(
-            f"unknown 'perception.name' {name!r}; available: {available_perceptions()}"
-        )
-    valid = perception_hyperparameters(name)
-    unknown = sorted(set(kwargs) - set(valid))
-    if unknown:
-        raise ConfigError(
-            f"unknown 'perception.kwargs' {unknown} for {name!r}; valid: {', '.join(valid)}"
-        )
-
-
-def check_config(config: TrainConfig) -> None:
-    """Check what the types alone cannot: ranges, the env id, the perception and the names of
-    its ``kwargs`` (their values are checked when a run builds the module for its cameras).
-
-    Raises:
-        ConfigError: naming the key at fault and what would be valid.
-    """
-    import gymnasium as gym
-
-    import envs  # noqa: F401  (registers the kp3d ids)
-
-    positive = {
-        "n_timesteps": config.n_timesteps,
-        "n_envs": config.n_envs,
-        "ppo.n_steps": config.ppo.n_steps,
-        "ppo.batch_size": config.ppo.batch_size,
-        "ppo.n_epochs": config.ppo.n_epochs,
-        "sac.buffer_size": config.sac.buffer_size,
-        "sac.batch_size": config.sac.batch_size,
-        "sac.train_freq": config.sac.train_freq,
-        "unsupervised.batch_size": config.unsupervised.batch_size,
-        "unsupervised.buffer_size": config.unsupervised.buffer_size,
-        "eval.episodes": config.eval.episodes,
-        "video.episodes": config.video.episodes,
-        "video.max_steps": 1 if config.video.max_steps is None else config.video.max_steps,
-        "perception.aux_batch_size": (
-            1 if config.perception.aux_batch_size is None else config.perception.aux_batch_size
-        ),
-        "torch_threads": 1 if config.torch_threads is None else config.torch_threads,
-    }
-    for key, value in positive.items():
-        if value < 1:
-            raise ConfigError(f"{key!r} must be at least 1; got {value}")
-    for key, value in {
-        "unsupervised.steps": config.unsupervised.steps,
-        "eval.freq": config.eval.freq,
-        "video.freq": config.video.freq,
-        "checkpoint_freq": config.checkpoint_freq,
-        "sac.learning_starts": config.sac.learning_starts,
-        "sac.gradient_steps": config.sac.gradient_steps,
-    }.items():
-        if value < 0:
-            raise ConfigError(f"{key!r} must be non-negative; got {value}")
-    if config.env_id not in gym.registry:
-        kp3d_ids = sorted(i for i in gym.registry if i.startswith("kp3d/"))
-        raise ConfigError(f"unknown env_id {config.env_id!r}; kp3d environments: {kp3d_ids}")
-    if config.ppo.batch_size > config.ppo.n_steps * config.n_envs and config.algo == "ppo":
-        raise ConfigError(
-            f"'ppo.batch_size' ({config.ppo.batch_size}) exceeds a rollout of "
-            f"n_steps * n_envs = {config.ppo.n_steps * config.n_envs} transitions"
-        )
-    state_mode = config.env_kwargs.get("obs_mode", "pixels") == "state"
-    name = config.perception.name
-    if name is None and not state_mode:
-        raise ConfigError(
-            "'perception.name' is null (a state-based policy) but the env observes pixels: "
-            "set env_kwargs.obs_mode: state, or name a perception"
-        )
-    if name is not None and state_mode:
-        raise ConfigError(
-            f"'perception.name' is {name!r} but env_kwargs.obs_mode is 'state' (no images): "
-            "set perception.name: null for a state-based run"
-        )
-    if name is not None:
-        check_perception_choice(name, config.perception.kwargs)
-    recipe = config.perception.pretrain
-    if recipe is not None and name is None:
-        raise ConfigError(
-            "'perception.pretrain' pretrains a perception, but 'perception.name' is null"
-        )
-    if recipe is not None:
-        for key in ("frames", "steps", "batch_size"):
-            if getattr(recipe, key) < 1:
-                raise ConfigError(
-                    f"'perception.pretrain.{key}' must be at least 1; got {getattr(recipe, key)}"
-                )
-        if not recipe.learning_rate > 0:
-            raise ConfigError(
-                f"'perception.pretrain.learning_rate' must be positive; got {recipe.learning_rate}"
-            )
-    if config.perception.projection_dim is not None and config.perception.projection_dim < 1:
-        raise ConfigError(
-            f"'perception.projection_dim' must be positive or null; "
-            f"got {config.perception.projection_dim}"
-        )
-
-
 __all__ = [
     "ConfigError",
     "EvalConfig",
@@ -674,13 +593,12 @@ __all__ = [
     "UnsupervisedConfig",
     "VideoConfig",
     "apply_overrides",
-    "check_config",
-    "check_perception_choice",
     "config_from_dict",
     "config_to_dict",
     "dataclass_from_dict",
     "load_config",
     "parse_override",
+    "parse_yaml",
     "read_config_file",
     "save_config",
 ]

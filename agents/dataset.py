@@ -49,7 +49,7 @@ from kp3d.data import (
     read_meta,
     shard_name,
 )
-from kp3d.files import atomic_write
+from kp3d.files import atomic_write, remove_stale_partials
 from kp3d.interrupts import DeferredInterrupt
 
 DEFAULT_SHARD_SIZE = 1000
@@ -60,7 +60,6 @@ IDENTITY_KEYS = ("env_id", "env_kwargs", "policy", "seed", "camera_names", "imag
 """``meta.json`` entries that must match for a re-run to extend an existing dataset."""
 
 _SHARD_FILE = re.compile(r"shard_(\d{5})\.npz")
-_PARTIAL_FILE = re.compile(r"\.shard_\d{5}\.\d+\.partial\.npz")
 
 
 # -- policies -------------------------------------------------------------------------------------
@@ -278,9 +277,7 @@ def _check_identity(directory: Path, existing: Mapping[str, Any], wanted: Mappin
 def _reconcile(directory: Path, meta: dict[str, Any]) -> None:
     """Bring ``meta["shards"]`` in line with the shard files (a run killed between writing a
     shard and ``meta.json`` leaves one shard unlisted) and drop temporary files of killed runs."""
-    for leftover in directory.iterdir():
-        if _PARTIAL_FILE.fullmatch(leftover.name):
-            leftover.unlink()
+    remove_stale_partials(directory)
     listed = meta["shards"]
     for index, entry in enumerate(listed):
         if entry["file"] != shard_name(index) or not (directory / entry["file"]).is_file():

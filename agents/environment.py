@@ -19,6 +19,8 @@ import numpy as np
 from gymnasium import spaces
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize, VecTransposeImage
 
+from agents.checkpoints import load_vec_normalize
+
 EXTRINSICS_KEY = "camera_extrinsics"
 """Observation key of the per-step world→camera matrices ``(C, 4, 4)`` (moving cameras)."""
 
@@ -205,14 +207,11 @@ def build_vec_env(
     )
     vec_env: VecEnv = make_vec_env(factory, n_envs=n_envs, seed=seed, vectorization=vectorization)
     if normalize_reward:
+        vec_env = VecNormalize(
+            vec_env, training=training, norm_obs=False, norm_reward=training, gamma=gamma
+        )
         if vec_normalize_path is not None:
-            vec_env = VecNormalize.load(str(vec_normalize_path), vec_env)
-            vec_env.training = training
-            vec_env.norm_reward = training
-        else:
-            vec_env = VecNormalize(
-                vec_env, training=training, norm_obs=False, norm_reward=training, gamma=gamma
-            )
+            load_vec_normalize(vec_env, vec_normalize_path)
     if layout is not None and transpose_images:
         vec_env = VecTransposeImage(vec_env)
     return vec_env

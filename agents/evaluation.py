@@ -8,20 +8,17 @@ from pathlib import Path
 import numpy as np
 from stable_baselines3.common.base_class import BaseAlgorithm
 
-from agents.environment import camera_layout
-from agents.features import FeaturePolicy
-from agents.training import (
-    ALGORITHMS,
-    EVAL_SEED_OFFSET,
-    MODEL_FILE,
-    VEC_NORMALIZE_FILE,
-    RunDirectoryError,
+from agents.builder import (
     feature_encoder,
     frozen_perception,
+    load_run_model,
     make_run_env,
-    read_run_config,
-    set_torch_threads,
+    run_layout,
 )
+from agents.checkpoints import VEC_NORMALIZE_FILE
+from agents.features import FeaturePolicy
+from agents.runs import set_torch_threads
+from agents.training import EVAL_SEED_OFFSET, read_run_config
 
 
 @dataclass(frozen=True)
@@ -89,14 +86,16 @@ def load(run_dir: str | Path, device: str = "auto", env: object | None = None) -
         device: torch device.
         env: optional vectorised env to attach (needed to continue training, not to act).
 
+    Nothing in the run directory is unpickled (:mod:`agents.checkpoints`).
+
     Raises:
-        RunDirectoryError: if ``run_dir`` is not a run or has no checkpoint yet.
+        RunDirectoryError: if ``run_dir`` is not a run, has no checkpoint yet, or its checkpoint
+            does not fit its config.
     """
     path = Path(run_dir)
     config = read_run_config(path)
-    if not (path / MODEL_FILE).is_file():
-        raise RunDirectoryError(f"run {str(path)!r} has no checkpoint ({MODEL_FILE}) yet")
-    return ALGORITHMS[config.algo].load(path / MODEL_FILE, env=env, device=device)
+    layout = run_layout(config)
+    return load_run_model(config, path, layout, env=env, device=device)  # type: ignore[arg-type]
 
 
 def load_policy(run_dir: str | Path, device: str = "auto") -> BaseAlgorithm | FeaturePolicy:
@@ -107,7 +106,7 @@ def load_policy(run_dir: str | Path, device: str = "auto") -> BaseAlgorithm | Fe
     config = read_run_config(run_dir)
     if not frozen_perception(config):
         return model
-    layout = camera_layout(config.env_id, config.env_kwargs)
+    layout = run_layout(config)
     encoder = feature_encoder(config, layout, Path(run_dir))
     assert encoder is not None
     return FeaturePolicy(model, encoder)
@@ -141,7 +140,7 @@ def evaluate(
     path = Path(run_dir)
     config = read_run_config(path)
     set_torch_threads(config.torch_threads)
-    layout = camera_layout(config.env_id, config.env_kwargs)
+    layout = run_layout(config)
     stats = path / VEC_NORMALIZE_FILE
     env = make_run_env(
         config,

@@ -26,7 +26,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from agents.config import ConfigError, TrainConfig, check_config
+from agents.config import ConfigError, TrainConfig
+from agents.config_checks import check_config
 from agents.dataset import write_dataset
 from agents.pretrain import (
     CHECKPOINT_FILE,

@@ -57,14 +57,16 @@ from agents.config import (
     ConfigError,
     PerceptionConfig,
     apply_overrides,
-    check_perception_choice,
     dataclass_from_dict,
+    parse_yaml,
     read_config_file,
 )
+from agents.config_checks import check_perception_choice
 from agents.progress import progress_bar
-from agents.runs import resolve_device
+from agents.runs import lock_run_dir, quoted, resolve_device, writing_new_run
 from kp3d import geometry
 from kp3d.data import OPTIONAL_FIELDS, DatasetInfo, FrameDataset, read_info
+from kp3d.files import remove_stale_partials
 from kp3d.metrics import ProbeResult, image_side, length_in_pixels, linear_probe, pck
 from kp3d.perception import (
     Perception,
@@ -243,12 +245,13 @@ def _save_config(config: PretrainConfig, path: Path) -> None:
 
 
 def _read_config(run_dir: Path) -> PretrainConfig:
-    import yaml
-
     path = run_dir / CONFIG_FILE
     if not path.is_file():
         raise ConfigError(f"{str(run_dir)!r} is not a kp3d pretrain run (no {CONFIG_FILE})")
-    return dataclass_from_dict(PretrainConfig, yaml.safe_load(path.read_text()))
+    data = parse_yaml(path.read_text(), f"the run's {str(path)!r}")
+    if not isinstance(data, dict):
+        raise ConfigError(f"the run's {str(path)!r} is not a config mapping")
+    return dataclass_from_dict(PretrainConfig, data)
 
 
 def label_kwargs(name: str, info: DatasetInfo) -> dict[str, Any]:
@@ -452,8 +455,9 @@ def pretrain(config: PretrainConfig, run_dir: str | Path | None = None) -> Path:
         raise ConfigError("'exp_name' is not set (load_pretrain_config sets it to the file's stem)")
     info = check_pretrain_config(config)
     path = _new_run_dir(config, info, run_dir)
-    _save_config(config, path / CONFIG_FILE)
-    return _train(config, path, resuming=False)
+    with writing_new_run(path, CHECKPOINT_FILE):
+        _save_config(config, path / CONFIG_FILE)
+        return _train(config, path, resuming=False)
 
 
 def resume_pretrain(run_dir: str | Path, overrides: Sequence[str] = ()) -> Path:
@@ -483,9 +487,11 @@ def resume_pretrain(run_dir: str | Path, overrides: Sequence[str] = ()) -> Path:
             f"{', '.join(RESUMABLE_KEYS)}"
         )
     check_pretrain_config(config)
-    if after != before:
-        _save_config(config, path / CONFIG_FILE)
-    return _train(config, path, resuming=True)
+    with lock_run_dir(path):
+        remove_stale_partials(path)
+        if after != before:
+            _save_config(config, path / CONFIG_FILE)
+        return _train(config, path, resuming=True)
 
 
 def _train(config: PretrainConfig, run_dir: Path, resuming: bool) -> Path:
@@ -626,7 +632,7 @@ def _train(config: PretrainConfig, run_dir: Path, resuming: bool) -> Path:
         checkpoint()
         print(
             f"\ninterrupted at step {step}/{config.steps}; checkpoint saved in {run_dir}\n"
-            f"resume with: kp3d pretrain --resume {run_dir}",
+            f"resume with: kp3d pretrain --resume {quoted(run_dir)}",
             flush=True,
         )
         raise PretrainInterrupted(run_dir, step) from None

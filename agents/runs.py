@@ -1,5 +1,6 @@
 """Run directories and what every run of kp3d shares: fresh directories that never overwrite
-another run, SB3's logger writing into them, and torch's CPU threads.
+another run, one writer at a time (:func:`lock_run_dir`), SB3's logger writing into them, the
+device and torch's CPU threads.
 
 Training (:mod:`agents.training`), pretraining (:mod:`agents.pretrain`) and the benchmarks create
 their directories and loggers here, so that they all behave alike.
@@ -7,9 +8,15 @@ their directories and loggers here, so that they all behave alike.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import importlib.util
+import os
+import shlex
+import shutil
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -20,18 +27,73 @@ from agents.config import ConfigError
 LOG_DIR = "logs"
 """Logs of a run (CSV, TensorBoard), below its directory."""
 
+MODEL_FILE = "model.zip"
+"""A training run's latest checkpoint (:mod:`agents.checkpoints`)."""
+
+LOCK_FILE = ".lock"
+"""Held (``flock``) by the process writing a run; it holds that process's id."""
+
 
 class RunDirectoryError(ValueError):
     """A run directory that cannot be used (taken by another run, or not a run)."""
 
 
+def quoted(path: str | os.PathLike) -> str:
+    """A path as a shell word, for the commands kp3d prints (``--resume 'my run'``)."""
+    return shlex.quote(str(path))
+
+
 def check_new_run_dir(path: Path) -> None:
     """Refuse a directory that holds anything: a run never overwrites another."""
-    if path.exists() and (not path.is_dir() or any(path.iterdir())):
-        raise RunDirectoryError(
-            f"run directory {str(path)!r} already exists and is not empty; choose another "
-            f"--run-dir, or continue that run with --resume {path}"
-        )
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise RunDirectoryError(f"run directory {str(path)!r} is a file; choose another --run-dir")
+    if not any(path.iterdir()):
+        return
+    advice = (
+        f"continue that run with --resume {quoted(path)}"
+        if (path / MODEL_FILE).is_file()
+        else "it holds no checkpoint to resume: remove it if it is not needed"
+    )
+    raise RunDirectoryError(
+        f"run directory {str(path)!r} already exists and is not empty; choose another "
+        f"--run-dir, or {advice}"
+    )
+
+
+@contextlib.contextmanager
+def lock_run_dir(path: Path) -> Iterator[None]:
+    """Hold the run's lock while the body writes the run: a second writer (``kp3d train
+    --resume`` of a run still training) is refused. The OS releases the lock when the process
+    exits or dies; where ``fcntl`` is missing (Windows) nothing is locked.
+
+    Raises:
+        RunDirectoryError: naming the process that holds the lock.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    handle = open(path / LOCK_FILE, "a+")  # noqa: SIM115  (held until the body ends)
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise RunDirectoryError(
+                f"run {str(path)!r} is being written by process {holder}; wait for it to end "
+                "or stop it (Ctrl-C saves its checkpoint), then try again"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield
+    finally:
+        handle.close()
 
 
 def new_run_dir(run_dir: str | Path | None, default: Path) -> Path:
@@ -51,6 +113,21 @@ def new_run_dir(run_dir: str | Path | None, default: Path) -> Path:
         except FileExistsError:
             continue
     raise RunDirectoryError(f"could not create a fresh run directory next to {base}")
+
+
+@contextlib.contextmanager
+def writing_new_run(path: Path, checkpoint: str) -> Iterator[None]:
+    """Hold a fresh run's lock (:func:`lock_run_dir`) while the body starts and trains it; if the
+    body fails before the run's ``checkpoint`` file exists (a bad value found late, Ctrl-C
+    during start-up, a crash before the first checkpoint), remove the directory, so that its
+    name is free again and nothing points at a run that cannot be resumed."""
+    try:
+        with lock_run_dir(path):
+            yield
+    except BaseException:
+        if not (path / checkpoint).is_file():
+            shutil.rmtree(path, ignore_errors=True)
+        raise
 
 
 def make_logger(run_dir: Path, verbose: int, suffix: str) -> Logger:
@@ -106,22 +183,40 @@ def keep_freed_memory() -> bool:
 
 
 def resolve_device(device: str) -> torch.device:
-    """``auto`` → CUDA when present, else CPU; anything else as torch reads it."""
+    """``auto`` → CUDA when present, else CPU; anything else as torch reads it, except that
+    ``cuda`` without a GPU falls back to the CPU with a warning (once per process)."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(device)
+        resolved = torch.device(device)
     except RuntimeError as error:
         raise ConfigError(f"'device' {device!r} is not a torch device: {error}") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        _warn_no_cuda(device)
+        return torch.device("cpu")
+    return resolved
+
+
+@functools.cache
+def _warn_no_cuda(device: str) -> None:
+    warnings.warn(
+        f"device {device!r} was asked for but torch sees no CUDA GPU; running on the CPU",
+        stacklevel=3,
+    )
 
 
 __all__ = [
+    "LOCK_FILE",
     "LOG_DIR",
+    "MODEL_FILE",
     "RunDirectoryError",
     "check_new_run_dir",
     "keep_freed_memory",
+    "lock_run_dir",
     "make_logger",
     "new_run_dir",
+    "quoted",
     "resolve_device",
     "set_torch_threads",
+    "writing_new_run",
 ]

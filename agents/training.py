@@ -6,8 +6,9 @@ A run lives in one directory, by default ``runs/{env}__{exp_name}__{seed}__{unix
     config.yaml        the resolved config (every field)
     model.zip          the latest checkpoint: policy, optimizers, step count (SB3 zip)
     perception.pt      the frozen perception the policy acts through (``perception.freeze``)
-    vecnormalize.pkl   reward normalisation statistics, when rewards are normalised
-    replay_buffer.pkl  SAC's replay buffer, when sac.save_replay_buffer is set
+    vecnormalize.npz   reward normalisation statistics, when rewards are normalised
+    replay_buffer.npz  SAC's replay buffer, when sac.save_replay_buffer is set
+    .lock              held by the process training the run (one writer at a time)
     logs/              TensorBoard event files and progress*.csv
     eval/              evaluations.npz of the periodic evaluations (SB3 EvalCallback)
     videos/            rollout videos: step_<N>.mp4 (config ``video``), rollout.mp4
@@ -15,62 +16,75 @@ A run lives in one directory, by default ``runs/{env}__{exp_name}__{seed}__{unix
 
 Checkpoints are written every ``checkpoint_freq`` steps, at the end, and on Ctrl-C, each file to
 a temporary name in the same directory and then renamed (``os.replace``), so that an interrupted
-write never leaves a broken checkpoint. :func:`resume` continues a run from its checkpoint with
-the same optimizer state and step count, up to the config's ``n_timesteps``.
+write never leaves a broken checkpoint; nothing is unpickled when they are read back
+(:mod:`agents.checkpoints`). :func:`resume` continues a run from its checkpoint with the same
+optimizer state and step count, up to the config's ``n_timesteps``. A run that fails before its
+first checkpoint removes its directory, so that the name can be used again.
 """
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
-from stable_baselines3.common.vec_env import VecEnv
-from torch import nn
 
+from agents.builder import (
+    ALGORITHMS,
+    PERCEPTION_FILE,
+    build_model,
+    check_perception,
+    close_quietly,
+    feature_encoder,
+    frozen_perception,
+    load_run_model,
+    make_run_env,
+    perception_kwargs,
+    policy_arguments,
+    pretrained_checkpoint,
+    run_layout,
+    sac_arguments,
+)
+from agents.checkpoints import (
+    REPLAY_BUFFER_FILE,
+    VEC_NORMALIZE_FILE,
+    load_replay_buffer,
+    save_checkpoint,
+    saved_steps,
+    warn_legacy_pickles,
+)
 from agents.config import (
     ConfigError,
     TrainConfig,
     apply_overrides,
-    check_config,
     config_from_dict,
     config_to_dict,
+    parse_yaml,
     save_config,
 )
-from agents.environment import CameraLayout, build_vec_env, camera_layout
-from agents.extractor import PerceptionExtractor, perception_extractor
-from agents.features import FeatureEncoder, PerceptionFeatures
-from agents.ppo import PerceptionPPO
+from agents.config_checks import check_config
+from agents.environment import CameraLayout
 from agents.runs import (
     LOG_DIR,
+    MODEL_FILE,
     RunDirectoryError,
     check_new_run_dir,
+    lock_run_dir,
     make_logger,
     new_run_dir,
-    resolve_device,
+    quoted,
     set_torch_threads,
+    writing_new_run,
 )
-from agents.sac import PerceptionSAC
-from kp3d.files import atomic_write
+from kp3d.files import remove_stale_partials
 from kp3d.interrupts import DeferredInterrupt
 
 CONFIG_FILE = "config.yaml"
-MODEL_FILE = "model.zip"
-PERCEPTION_FILE = "perception.pt"
-VEC_NORMALIZE_FILE = "vecnormalize.pkl"
-REPLAY_BUFFER_FILE = "replay_buffer.pkl"
 EVAL_DIR = "eval"
-
-ALGORITHMS: dict[str, type[BaseAlgorithm]] = {"ppo": PerceptionPPO, "sac": PerceptionSAC}
-"""``config.algo`` → algorithm class."""
-
-ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU}
+VIDEO_DIR = "videos"
 
 RESUMABLE_KEYS = (
     "n_timesteps",
@@ -129,15 +143,11 @@ def create_run_dir(config: TrainConfig, run_dir: str | Path | None, root: str | 
     return new_run_dir(run_dir, Path(root) / run_name(config))
 
 
-def save_checkpoint(model: BaseAlgorithm, run_dir: Path, replay_buffer: bool = False) -> None:
-    """Write the model (with optimizers and step count), the ``VecNormalize`` statistics and,
-    if asked, the replay buffer into ``run_dir``, each file atomically."""
-    vec_normalize = model.get_vec_normalize_env()
-    if vec_normalize is not None:
-        atomic_write(run_dir / VEC_NORMALIZE_FILE, vec_normalize.save)
-    if replay_buffer and hasattr(model, "save_replay_buffer"):
-        atomic_write(run_dir / REPLAY_BUFFER_FILE, model.save_replay_buffer)
-    atomic_write(run_dir / MODEL_FILE, model.save)
+def remove_stale_files(run_dir: Path) -> None:
+    """Delete the temporary files that writers killed by SIGKILL left in a run (checkpoints,
+    perception, videos): :func:`kp3d.files.remove_stale_partials`."""
+    for folder in (run_dir, run_dir / EVAL_DIR, run_dir / VIDEO_DIR):
+        remove_stale_partials(folder)
 
 
 class CheckpointCallback(BaseCallback):
@@ -161,243 +171,23 @@ class CheckpointCallback(BaseCallback):
 
 
 def read_run_config(run_dir: str | Path) -> TrainConfig:
-    """The resolved config of a run directory."""
-    import yaml
+    """The resolved config of a run directory.
 
+    Raises:
+        RunDirectoryError: if there is no readable, valid ``config.yaml``.
+    """
     path = Path(run_dir) / CONFIG_FILE
     if not path.is_file():
         raise RunDirectoryError(f"{str(run_dir)!r} is not a kp3d run directory (no {CONFIG_FILE})")
-    return config_from_dict(yaml.safe_load(path.read_text()))
-
-
-# -- building the agent ---------------------------------------------------------------------------
-
-
-def pretrained_checkpoint(config: TrainConfig, layout: CameraLayout | None) -> dict | None:
-    """The ``perception.pretrained`` checkpoint, checked against the config and the cameras
-    (:func:`agents.pretrain.pretrained_perception`); ``None`` when the config names none."""
-    if config.perception.pretrained is None or layout is None:
-        return None
-    from agents.pretrain import pretrained_perception
-
-    return pretrained_perception(config.perception, layout.names, layout.image_size)
-
-
-def perception_kwargs(config: TrainConfig, layout: CameraLayout | None) -> dict[str, Any]:
-    """The perception's hyperparameters: ``perception.kwargs``, or a pretrained checkpoint's."""
-    checkpoint = pretrained_checkpoint(config, layout)
-    return dict(checkpoint["kwargs"] if checkpoint else config.perception.kwargs)
-
-
-def check_perception(config: TrainConfig, layout: CameraLayout | None) -> None:
-    """Build the configured perception once for the env's cameras, so that bad ``kwargs`` (or a
-    pretrained checkpoint that does not fit) fail before any env or model is built
-    (``ConfigError`` quoting the module's message)."""
-    if config.perception.name is None or layout is None:
-        return
-    from kp3d.perception import make_perception
-
-    kwargs = perception_kwargs(config, layout)
     try:
-        make_perception(
-            config.perception.name,
-            num_cameras=len(layout.names),
-            image_size=layout.image_size,
-            **kwargs,
-        )
-    except (TypeError, ValueError) as error:
-        raise ConfigError(f"'perception.kwargs': {error}") from None
-
-
-def frozen_perception(config: TrainConfig) -> bool:
-    """Whether the run's perception is frozen, i.e. runs outside the policy
-    (:mod:`agents.features`)."""
-    return config.perception.name is not None and config.perception.freeze
-
-
-def feature_encoder(
-    config: TrainConfig, layout: CameraLayout | None, run_dir: Path | None = None
-) -> FeatureEncoder | None:
-    """The frozen perception of a ``perception.freeze`` run as a :class:`FeatureEncoder`
-    (``None`` for other runs).
-
-    It is read from the run's ``perception.pt`` when there is one; otherwise it is built from
-    ``perception.pretrained`` (or, without one, initialised with the run's seed: a fixed random
-    network) and, given ``run_dir``, written there, so that the run keeps the perception its
-    policy was trained with.
-    """
-    if not frozen_perception(config) or layout is None:
-        return None
-    import torch
-
-    from kp3d.perception import load_perception, make_perception, save_perception
-
-    path = None if run_dir is None else Path(run_dir) / PERCEPTION_FILE
-    if path is not None and path.is_file():
-        module = load_perception(path)
-    else:
-        checkpoint = pretrained_checkpoint(config, layout)
-        torch.manual_seed(config.seed)
-        module = make_perception(
-            str(config.perception.name),
-            num_cameras=len(layout.names),
-            image_size=layout.image_size,
-            **perception_kwargs(config, layout),
-        )
-        if checkpoint is not None:
-            module.load_state_dict(checkpoint["state_dict"])
-        if path is not None:
-            save_perception(module, path, pretrained=config.perception.pretrained)
-    device = resolve_device(config.device)
-    return FeatureEncoder(module, layout, config.perception.use_state, device)
-
-
-def policy_arguments(config: TrainConfig, layout: CameraLayout | None) -> tuple[str, dict]:
-    """The SB3 policy name and ``policy_kwargs`` of a config (``MlpPolicy`` on states, and on
-    a frozen perception's features)."""
-    section = config.ppo if config.algo == "ppo" else config.sac
-    kwargs: dict[str, Any] = {
-        "net_arch": list(section.net_arch),
-        "activation_fn": ACTIVATIONS[section.activation],
-    }
-    if config.perception.name is None or layout is None or frozen_perception(config):
-        return "MlpPolicy", kwargs
-    kwargs["features_extractor_class"] = PerceptionExtractor
-    kwargs["features_extractor_kwargs"] = {
-        "perception": config.perception.name,
-        "camera_names": list(layout.names),
-        "intrinsics": layout.intrinsics.tolist(),
-        "extrinsics": None if layout.any_moving else layout.extrinsics.tolist(),
-        "perception_kwargs": perception_kwargs(config, layout),
-        "use_state": config.perception.use_state,
-        "projection_dim": config.perception.projection_dim,
-    }
-    return "MultiInputPolicy", kwargs
-
-
-def ppo_arguments(config: TrainConfig) -> dict[str, Any]:
-    """SB3 ``PPO`` keyword arguments of a config's ``ppo`` section."""
-    ppo = config.ppo
-    return {
-        "learning_rate": ppo.learning_rate,
-        "n_steps": ppo.n_steps,
-        "batch_size": ppo.batch_size,
-        "n_epochs": ppo.n_epochs,
-        "gamma": ppo.gamma,
-        "gae_lambda": ppo.gae_lambda,
-        "clip_range": ppo.clip_range,
-        "ent_coef": ppo.ent_coef,
-        "vf_coef": ppo.vf_coef,
-        "max_grad_norm": ppo.max_grad_norm,
-        "target_kl": ppo.target_kl,
-    }
-
-
-def sac_arguments(config: TrainConfig) -> dict[str, Any]:
-    """SB3 ``SAC`` keyword arguments of a config's ``sac`` section."""
-    sac = config.sac
-    return {
-        "learning_rate": sac.learning_rate,
-        "buffer_size": sac.buffer_size,
-        "learning_starts": sac.learning_starts,
-        "batch_size": sac.batch_size,
-        "tau": sac.tau,
-        "gamma": sac.gamma,
-        "train_freq": sac.train_freq,
-        "gradient_steps": sac.gradient_steps,
-        "ent_coef": sac.ent_coef,
-    }
-
-
-def build_model(config: TrainConfig, env: VecEnv, layout: CameraLayout | None) -> BaseAlgorithm:
-    """A fresh :class:`~agents.ppo.PerceptionPPO` or :class:`~agents.sac.PerceptionSAC`, its
-    perception starting from ``perception.pretrained`` when the config names a checkpoint and
-    told the env's empty scene (:meth:`~kp3d.perception.Perception.set_background`). A frozen
-    perception is not part of the model: ``env`` holds it (:func:`make_run_env`)."""
-    model = _build_algorithm(config, env, layout)
-    if perception_extractor(model.policy) is None:
-        return model
-    checkpoint = pretrained_checkpoint(config, layout)
-    if checkpoint is not None:
-        from agents.pretrain import load_pretrained_weights
-
-        load_pretrained_weights(model.policy, checkpoint)
-    if layout is not None and layout.background is not None:
-        import torch
-
-        background = torch.as_tensor(layout.background).permute(0, 3, 1, 2).float() / 255.0
-        for module in model.policy.modules():
-            if isinstance(module, PerceptionExtractor):
-                module.perception.set_background(background.to(model.device))
-    return model
-
-
-def _build_algorithm(
-    config: TrainConfig, env: VecEnv, layout: CameraLayout | None
-) -> BaseAlgorithm:
-    policy, policy_kwargs = policy_arguments(config, layout)
-    common = {
-        "policy_kwargs": policy_kwargs,
-        "seed": config.seed,
-        "device": config.device,
-        "verbose": config.verbose,
-        "joint": config.perception.joint,
-        "aux_loss_coef": config.perception.aux_loss_coef,
-        "aux_batch_size": config.perception.aux_batch_size,
-    }
-    if config.algo == "ppo":
-        unsupervised = config.unsupervised
-        return PerceptionPPO(
-            policy,
-            env,
-            **ppo_arguments(config),
-            perception_max_grad_norm=config.perception.max_grad_norm,
-            unsupervised_steps=unsupervised.steps,
-            unsupervised_batch_size=unsupervised.batch_size,
-            unsupervised_buffer_size=unsupervised.buffer_size,
-            unsupervised_learning_rate=unsupervised.learning_rate,
-            unsupervised_max_grad_norm=unsupervised.max_grad_norm,
-            **common,
-        )
-    return PerceptionSAC(
-        policy,
-        env,
-        **sac_arguments(config),
-        **common,
-    )
-
-
-def _normalize_reward(config: TrainConfig) -> tuple[bool, float]:
-    section = config.ppo if config.algo == "ppo" else config.sac
-    return section.normalize_reward, section.gamma
-
-
-def make_run_env(
-    config: TrainConfig,
-    layout: CameraLayout | None,
-    n_envs: int,
-    seed: int,
-    training: bool,
-    vec_normalize_path: Path | None = None,
-    encoder: FeatureEncoder | None = None,
-) -> VecEnv:
-    """The vectorised env of a run (:func:`agents.environment.build_vec_env`), observing a
-    frozen perception's features when ``encoder`` is given (:func:`feature_encoder`)."""
-    normalize, gamma = _normalize_reward(config)
-    vec_env = build_vec_env(
-        config.env_id,
-        config.env_kwargs,
-        n_envs=n_envs,
-        seed=seed,
-        layout=layout,
-        vectorization=config.vectorization if training else "dummy",
-        normalize_reward=normalize,
-        gamma=gamma,
-        training=training,
-        vec_normalize_path=vec_normalize_path,
-        transpose_images=encoder is None,
-    )
-    return vec_env if encoder is None else PerceptionFeatures(vec_env, encoder)
+        data = parse_yaml(path.read_text(), "it")
+        if not isinstance(data, dict):
+            raise ConfigError("it is not a mapping")
+        return config_from_dict(data)
+    except (ConfigError, OSError, UnicodeDecodeError) as error:
+        raise RunDirectoryError(
+            f"cannot read the run's config {str(path)!r}: {error}; the run's files are untouched"
+        ) from None
 
 
 def _progress_bar_available() -> bool:
@@ -440,11 +230,12 @@ def train(
     check_config(config)
     if run_dir is not None:
         check_new_run_dir(Path(run_dir))
-    layout = camera_layout(config.env_id, config.env_kwargs)
+    layout = run_layout(config)
     check_perception(config, layout)
     path = create_run_dir(config, run_dir, runs_root)
-    save_config(config, path / CONFIG_FILE)
-    return _learn(config, path, layout, resuming=False)
+    with writing_new_run(path, MODEL_FILE):
+        save_config(config, path / CONFIG_FILE)
+        return _learn(config, path, layout, resuming=False)
 
 
 def resume(run_dir: str | Path, overrides: Sequence[str] = ()) -> Path:
@@ -466,7 +257,14 @@ def resume(run_dir: str | Path, overrides: Sequence[str] = ()) -> Path:
     path = Path(run_dir)
     saved = read_run_config(path)
     if not (path / MODEL_FILE).is_file():
-        raise RunDirectoryError(f"run {str(path)!r} has no checkpoint ({MODEL_FILE}) to resume")
+        raise RunDirectoryError(
+            f"run {str(path)!r} has no checkpoint ({MODEL_FILE}) to resume; start a new run"
+        )
+    with lock_run_dir(path):
+        return _resume(path, saved, overrides)
+
+
+def _resume(path: Path, saved: TrainConfig, overrides: Sequence[str]) -> Path:
     before = config_to_dict(saved)
     config = config_from_dict(apply_overrides(before, overrides))
     after = config_to_dict(config)
@@ -478,20 +276,30 @@ def resume(run_dir: str | Path, overrides: Sequence[str] = ()) -> Path:
             f"{', '.join(RESUMABLE_KEYS)}"
         )
     check_config(config)
+    done = saved_steps(path / MODEL_FILE)
+    if config.n_timesteps < done or (config.n_timesteps == done and "n_timesteps" in changed):
+        raise ConfigError(
+            f"'n_timesteps' {config.n_timesteps} is below the {done} steps run {str(path)!r} has "
+            f"done; nothing was changed. To train on, --set n_timesteps=<more than {done}>"
+        )
+    if config.n_timesteps == done:
+        print(
+            f"run {quoted(path)} is complete ({done}/{config.n_timesteps} steps); nothing to do. "
+            f"To train on: kp3d train --resume {quoted(path)} --set n_timesteps=<more>",
+            flush=True,
+        )
+        return path
     if changed:
         save_config(config, path / CONFIG_FILE)
-    layout = camera_layout(config.env_id, config.env_kwargs)
+    layout = run_layout(config)
     return _learn(config, path, layout, resuming=True)
-
-
-def _close(env: VecEnv) -> None:
-    # After Ctrl-C, worker processes may already have exited: their pipes are gone.
-    with contextlib.suppress(EOFError, OSError):
-        env.close()
 
 
 def _learn(config: TrainConfig, run_dir: Path, layout: CameraLayout | None, resuming: bool) -> Path:
     set_torch_threads(config.torch_threads)
+    remove_stale_files(run_dir)
+    if resuming:
+        warn_legacy_pickles(run_dir)
     stats = run_dir / VEC_NORMALIZE_FILE
     encoder = feature_encoder(config, layout, run_dir)
     env = make_run_env(
@@ -507,14 +315,12 @@ def _learn(config: TrainConfig, run_dir: Path, layout: CameraLayout | None, resu
     save_replay = config.algo == "sac" and config.sac.save_replay_buffer
     try:
         if resuming:
-            model = ALGORITHMS[config.algo].load(
-                run_dir / MODEL_FILE, env=env, device=config.device
-            )
+            model = load_run_model(config, run_dir, layout, env=env, device=config.device)
             # The envs are new: start fresh episodes instead of the saved last observation.
             model._last_obs = None  # type: ignore[assignment]
             replay_path = run_dir / REPLAY_BUFFER_FILE
             if save_replay and replay_path.is_file():
-                model.load_replay_buffer(replay_path)  # type: ignore[attr-defined]
+                load_replay_buffer(model.replay_buffer, replay_path)  # type: ignore[attr-defined]
             elif config.algo == "sac":
                 # An empty replay buffer: refill it for learning_starts steps before updating.
                 model.learning_starts = model.num_timesteps + config.sac.learning_starts  # type: ignore[attr-defined]
@@ -580,15 +386,15 @@ def _learn(config: TrainConfig, run_dir: Path, layout: CameraLayout | None, resu
             save_checkpoint(model, run_dir, save_replay)
             print(
                 f"\ninterrupted at step {model.num_timesteps}/{config.n_timesteps}; checkpoint "
-                f"saved in {run_dir}\nresume with: kp3d train --resume {run_dir}",
+                f"saved in {run_dir}\nresume with: kp3d train --resume {quoted(run_dir)}",
                 flush=True,
             )
             raise TrainingInterrupted(run_dir, model.num_timesteps) from None
         save_checkpoint(model, run_dir, save_replay)
     finally:
-        _close(env)
+        close_quietly(env)
         if eval_env is not None:
-            _close(eval_env)
+            close_quietly(eval_env)
     return run_dir
 
 
@@ -598,6 +404,7 @@ __all__ = [
     "LOG_DIR",
     "MODEL_FILE",
     "PERCEPTION_FILE",
+    "REPLAY_BUFFER_FILE",
     "RESUMABLE_KEYS",
     "VEC_NORMALIZE_FILE",
     "CheckpointCallback",
@@ -607,6 +414,7 @@ __all__ = [
     "create_run_dir",
     "feature_encoder",
     "frozen_perception",
+    "load_run_model",
     "make_logger",
     "make_run_env",
     "new_run_dir",
@@ -614,7 +422,9 @@ __all__ = [
     "policy_arguments",
     "pretrained_checkpoint",
     "read_run_config",
+    "remove_stale_files",
     "resume",
+    "run_layout",
     "run_name",
     "sac_arguments",
     "save_checkpoint",

@@ -39,17 +39,17 @@ from typing import Any
 from stable_baselines3 import PPO, SAC
 from stable_baselines3.common.base_class import BaseAlgorithm
 
-from agents.config import TrainConfig, load_config
-from agents.environment import camera_layout
-from agents.pipeline import recipe_kwargs
-from agents.training import (
+from agents.builder import (
     build_model,
     feature_encoder,
     make_run_env,
     ppo_arguments,
     sac_arguments,
-    set_torch_threads,
 )
+from agents.config import TrainConfig, load_config
+from agents.environment import camera_layout
+from agents.pipeline import recipe_kwargs
+from agents.runs import set_torch_threads
 
 
 def frames_per_second(model: BaseAlgorithm, timesteps: int) -> float:

@@ -87,6 +87,7 @@ def _start_or_resume(
 def _cmd_train(args: argparse.Namespace) -> int:
     from agents.config import load_config
     from agents.pipeline import train
+    from agents.runs import quoted
     from agents.training import LOG_DIR, TrainingInterrupted, resume
 
     run_dir = _start_or_resume(
@@ -97,7 +98,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     )
     if run_dir is None:
         return 130
-    print(f"run: {run_dir}\ntensorboard: tensorboard --logdir {run_dir / LOG_DIR}")
+    print(f"run: {run_dir}\ntensorboard: tensorboard --logdir {quoted(run_dir / LOG_DIR)}")
     return 0
 
 
@@ -206,6 +207,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
         pretrain,
         resume_pretrain,
     )
+    from agents.runs import quoted
 
     run_dir = _start_or_resume(
         args,
@@ -217,7 +219,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
         return 130
     print(
         f"run: {run_dir}\ncheckpoint: {run_dir / CHECKPOINT_FILE}\n"
-        f"tensorboard: tensorboard --logdir {run_dir / LOG_DIR}"
+        f"tensorboard: tensorboard --logdir {quoted(run_dir / LOG_DIR)}"
     )
     return 0
 
@@ -488,6 +490,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, ImportError, RenderingUnavailableError) as error:
         print(f"kp3d {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:
+        # Disk full, read-only folder, a path that is a file...: every kp3d file is written to a
+        # temporary name and renamed, so what existed before is intact.
+        where = f" ({error.filename})" if error.filename else ""
+        print(
+            f"kp3d {args.command}: error: {error.strerror or error}{where}; files written "
+            "before are intact",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

@@ -9,11 +9,11 @@ import pytest
 from agents.config import (
     ConfigError,
     TrainConfig,
-    check_config,
     config_from_dict,
     load_config,
     save_config,
 )
+from agents.config_checks import check_config
 from kp3d.perception import available_perceptions
 
 CONFIG_DIR = Path(__file__).parents[2] / "configs"

@@ -4,6 +4,7 @@ checkpoints (``perception.pretrained``, ``perception.freeze``)."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -325,3 +326,17 @@ def test_shipped_pretrain_configs_are_valid(path: Path) -> None:
     make_perception(
         config.perception.name, num_cameras=3, image_size=64, **config.perception.kwargs
     )
+
+
+def test_pretraining_that_fails_at_start_up_leaves_no_run(
+    tmp_path: Path, dataset: Path, write_pretrain_config
+) -> None:
+    damaged = tmp_path / "damaged"
+    shutil.copytree(dataset, damaged)
+    shard = next(damaged.glob("shard_*.npz"))
+    shard.write_bytes(shard.read_bytes()[:1000])  # truncated
+    config = load_pretrain_config(write_pretrain_config(dataset=str(damaged)))
+    with pytest.raises((ValueError, OSError)):
+        pretrain(config, run_dir=tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    assert shard.stat().st_size == 1000  # the user's data is untouched

@@ -34,7 +34,7 @@ def _adam_steps(optimizer) -> float:
 
 def test_a_run_directory_holds_config_checkpoint_logs_and_evaluations(finished_run: Path) -> None:
     files = {p.relative_to(finished_run).as_posix() for p in finished_run.rglob("*")}
-    assert {"config.yaml", "model.zip", "vecnormalize.pkl", "eval/evaluations.npz"} <= files
+    assert {"config.yaml", "model.zip", "vecnormalize.npz", "eval/evaluations.npz"} <= files
     assert any(re.fullmatch(r"logs/events\.out\.tfevents\..*", f) for f in files)
     assert "logs/progress.csv" in files
     assert not any(".partial" in f for f in files)

@@ -11,9 +11,10 @@ from envs import gl
 gl.configure_environment()  # before anything imports mujoco's GL backend
 
 from envs.base import MultiCameraMujocoEnv, perception_defaults  # noqa: E402
-from envs.cameras import Cameras, CameraSpec, MultiViewRenderer  # noqa: E402
+from envs.cameras import Cameras, CameraSpec  # noqa: E402
 from envs.keypoints import Keypoints, KeypointSpec  # noqa: E402
 from envs.registration import TASKS, register_all  # noqa: E402
+from envs.rendering import MultiViewRenderer  # noqa: E402
 from envs.vector import make_vec_env  # noqa: E402
 from envs.wrappers import MultiCameraWrapper, make_metaworld  # noqa: E402
 

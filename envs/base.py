@@ -16,8 +16,9 @@ import gymnasium as gym
 import mujoco
 import numpy as np
 
-from envs.cameras import Cameras, CameraSpec, MultiViewRenderer, tile_views
+from envs.cameras import Cameras, CameraSpec
 from envs.keypoints import Keypoints, KeypointSpec
+from envs.rendering import MultiViewRenderer, tile_views
 
 ObsMode = Literal["pixels", "state"]
 OBS_MODES: tuple[str, ...] = ("pixels", "state")
@@ -29,6 +30,28 @@ def asset_path(file_name: str) -> str:
     if not path.is_file():
         raise FileNotFoundError(f"no asset {file_name!r} in envs/assets")
     return str(path)
+
+
+def validate_action(action: Any, space: gym.spaces.Box) -> np.ndarray:
+    """An action as every kp3d env takes it: the right shape, finite, clipped into ``space``.
+
+    Args:
+        action: anything ``np.asarray`` turns into numbers.
+        space: the env's ``Box`` action space.
+
+    Returns:
+        The action as float64, clipped to ``[space.low, space.high]``.
+
+    Raises:
+        ValueError: when the shape is not the space's, or a value is NaN or infinite.
+    """
+    action = np.asarray(action, dtype=np.float64)
+    if action.shape != space.shape:
+        raise ValueError(f"action must have shape {space.shape}; got {action.shape}")
+    if not np.isfinite(action).all():
+        raise ValueError(f"action must be finite; got {action}")
+    # np.minimum/np.maximum: np.clip's dispatch costs more than the work on a few numbers.
+    return np.minimum(np.maximum(action, space.low), space.high)
 
 
 class MultiCameraMujocoEnv(gym.Env, abc.ABC):
@@ -45,7 +68,9 @@ class MultiCameraMujocoEnv(gym.Env, abc.ABC):
     ``is_success``, ``keypoints_world (J, 3)``, ``keypoints_pixels (C, J, 2)``,
     ``keypoints_depth (C, J)``, ``keypoints_visible (C, J)`` (inside the image, in front of the
     camera and not occluded), ``camera_intrinsics (C, 3, 3)`` and ``camera_extrinsics (C, 4, 4)``
-    (world→camera at this step; they change every step for moving cameras).
+    (world→camera at this step; they change every step for moving cameras). The ``keypoints_*``
+    entries are computed only when read, from a snapshot of the step: the info is a
+    :class:`envs.ground_truth.GroundTruthInfo`, a ``dict`` to every reader.
 
     **Cameras**: ``env.unwrapped.cameras`` (a :class:`envs.cameras.Cameras`). Pixels and matrices
     follow :mod:`kp3d.geometry` (OpenCV axes; pixel (0, 0) is the top-left corner of the top-left
@@ -247,19 +272,13 @@ class MultiCameraMujocoEnv(gym.Env, abc.ABC):
         self.reset_task()
         mujoco.mj_forward(self.model, self.data)
         self.cameras.update(self.data)
-        info = self.ground_truth()
-        info["is_success"] = bool(self.is_success())
+        info = self.keypoint_set.deferred_ground_truth(
+            self.data, self.cameras, {"is_success": bool(self.is_success())}
+        )
         return self._observation(), info
 
     def step(self, action: np.ndarray) -> tuple[Any, float, bool, bool, dict[str, Any]]:
-        action = np.asarray(action, dtype=np.float64)
-        if action.shape != self.action_space.shape:
-            raise ValueError(
-                f"action must have shape {self.action_space.shape}; got {action.shape}"
-            )
-        if not np.all(np.isfinite(action)):
-            raise ValueError(f"action must be finite; got {action}")
-        ctrl = np.minimum(np.maximum(action, self.action_space.low), self.action_space.high)
+        ctrl = validate_action(action, self.action_space)
         self.data.ctrl[:] = ctrl
         mujoco.mj_step(self.model, self.data, nstep=self.frame_skip)
         # mj_step leaves positions of bodies from before its last integration: recompute them so
@@ -268,9 +287,9 @@ class MultiCameraMujocoEnv(gym.Env, abc.ABC):
         if self.cameras.any_moving:
             self.cameras.update(self.data, only_moving=True)
         reward, components = self.task_reward(ctrl)
-        info: dict[str, Any] = dict(components)
-        info["is_success"] = bool(self.is_success())
-        info.update(self.ground_truth())
+        info = self.keypoint_set.deferred_ground_truth(
+            self.data, self.cameras, {**components, "is_success": bool(self.is_success())}
+        )
         return self._observation(), float(reward), bool(self.is_terminated()), False, info
 
     def render(self) -> np.ndarray | None:

@@ -7,7 +7,7 @@ For each image size the same number of steps is timed for
 * ``floor``: the raw cost of the same physics (``frame_skip`` substeps of ``mj_step``) plus
   rendering the same cameras with one ``mujoco.Renderer`` (``update_scene`` + ``render`` per
   camera), nothing else;
-* ``kp3d render``: physics plus kp3d's one-pass :class:`~envs.cameras.MultiViewRenderer`.
+* ``kp3d render``: physics plus kp3d's one-pass :class:`~envs.rendering.MultiViewRenderer`.
 
 The measurements are interleaved and repeated; medians are reported. Overhead is
 ``floor_time_per_step / env_time_per_step`` expressed as how much slower the env is than the floor
@@ -29,7 +29,7 @@ import mujoco
 import numpy as np
 
 import envs
-from envs.cameras import MultiViewRenderer
+from envs.rendering import MultiViewRenderer
 
 
 def _time_steps(step: Callable[[], None], steps: int) -> float:

@@ -1,4 +1,4 @@
-"""Calibrated cameras for MuJoCo scenes and a renderer that draws all of them in one pass.
+"""Calibrated cameras for MuJoCo scenes (the renderer that draws them is :mod:`envs.rendering`).
 
 A camera is described by a :class:`CameraSpec` (a named ``<camera>`` of the MJCF, a fixed free
 camera, or a free camera tracking a body). :class:`Cameras` turns specs into ``mujoco.MjvCamera``
@@ -18,22 +18,67 @@ import contextlib
 import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import mujoco
 import numpy as np
 
-from envs import gl
+from envs import compat
+from envs.rendering import HIDDEN_GROUP, VISIBLE_GROUPS, MultiViewRenderer, tile_views
 from kp3d import geometry
+
+__all__ = [  # the renderer's names are also importable from here, where they used to live
+    "HIDDEN_GROUP",
+    "VISIBLE_GROUPS",
+    "CameraSpec",
+    "Cameras",
+    "MultiViewRenderer",
+    "gl_camera_matrices",
+    "look_at_free_camera",
+    "parse_size",
+    "tile_views",
+]
 
 CameraKind = Literal["named", "free", "tracking"]
 
-# Geom groups the renderer draws: groups 0-2 (MuJoCo's default); kp3d assets put keypoint sites and
-# other helpers in higher groups so that they never appear in observations.
-VISIBLE_GROUPS = (0, 1, 2)
-HIDDEN_GROUP = 5
-"""A geom group kp3d never renders: :meth:`MultiViewRenderer.render_background` moves the geoms of
-movable bodies there for one render."""
+# The fields of MuJoCo's camera structs, which pybind cannot pickle (Cameras pickles them as these).
+_MJV_CAMERA_FIELDS = (
+    "type",
+    "fixedcamid",
+    "trackbodyid",
+    "lookat",
+    "distance",
+    "azimuth",
+    "elevation",
+    "orthographic",
+)
+_GL_CAMERA_FIELDS = (
+    "pos",
+    "forward",
+    "up",
+    "frustum_center",
+    "frustum_width",
+    "frustum_bottom",
+    "frustum_top",
+    "frustum_near",
+    "frustum_far",
+    "orthographic",
+)
+
+
+def _struct_fields(struct: Any, names: Sequence[str]) -> dict[str, Any]:
+    fields = {name: getattr(struct, name) for name in names}
+    return {k: v.copy() if isinstance(v, np.ndarray) else v for k, v in fields.items()}
+
+
+def _new_struct(kind: type, fields: dict[str, Any]) -> Any:
+    struct = kind()
+    for name, value in fields.items():
+        if isinstance(value, np.ndarray):
+            getattr(struct, name)[:] = value
+        else:
+            setattr(struct, name, value)
+    return struct
 
 
 @dataclass(frozen=True)
@@ -245,6 +290,31 @@ class Cameras:
         self._extrinsics = np.zeros((len(specs), 4, 4))
         self._gl_cameras: list[mujoco.MjvGLCamera | None] = [None] * len(specs)
         self._computed = False
+        self._any_moving = any(self.moving)
+        self._free_fovy = tuple(None if spec.kind == "named" else spec.fovy for spec in specs)
+
+    # -- pickling ---------------------------------------------------------------------------------
+    def __getstate__(self) -> dict[str, Any]:
+        # MuJoCo's camera structs and scene cannot be pickled: keep the cameras' fields and build
+        # the structs (and an empty scene) again on loading. Deep copies go the same way.
+        state = self.__dict__.copy()
+        del state["_scene"]
+        state["_mjv_cameras"] = [_struct_fields(c, _MJV_CAMERA_FIELDS) for c in self._mjv_cameras]
+        state["_gl_cameras"] = [
+            None if c is None else _struct_fields(c, _GL_CAMERA_FIELDS) for c in self._gl_cameras
+        ]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        cameras, gl_cameras = state.pop("_mjv_cameras"), state.pop("_gl_cameras")
+        self.__dict__.update(state)
+        self._mjv_cameras = [_new_struct(mujoco.MjvCamera, fields) for fields in cameras]
+        self._gl_cameras = [
+            None if fields is None else _new_struct(mujoco.MjvGLCamera, fields)
+            for fields in gl_cameras
+        ]
+        self._scene = mujoco.MjvScene(self._model, maxgeom=0)
 
     # -- construction -----------------------------------------------------------------------------
     def _make_mjv_camera(self, spec: CameraSpec) -> mujoco.MjvCamera:
@@ -257,7 +327,7 @@ class Cameras:
                     f"camera {spec.name!r}: the model has no <camera name={spec.mjcf_name!r}>; "
                     f"its named cameras are {available}"
                 )
-            if self._model.cam_projection[camera_id] != 0:
+            if compat.camera_is_orthographic(self._model, camera_id):
                 raise ValueError(f"camera {spec.mjcf_name!r} is orthographic; kp3d needs pinhole")
             camera.type = mujoco.mjtCamera.mjCAMERA_FIXED
             camera.fixedcamid = camera_id
@@ -361,7 +431,12 @@ class Cameras:
 
     @property
     def any_moving(self) -> bool:
-        return any(self.moving)
+        return self._any_moving
+
+    @property
+    def computed(self) -> bool:
+        """Whether the camera matrices have been computed (by :meth:`update`)."""
+        return self._computed
 
     def _require_update(self) -> None:
         if not self._computed:
@@ -375,6 +450,9 @@ class Cameras:
             data: the simulation state.
             only_moving: skip cameras whose pose cannot change (after the first update).
         """
+        # New arrays at every update, read-only: the ones of earlier updates stay as they were
+        # (see snapshot()).
+        intrinsics, extrinsics = self._intrinsics.copy(), self._extrinsics.copy()
         for index in range(len(self)):
             if only_moving and self._computed and not self.moving[index]:
                 continue
@@ -382,11 +460,20 @@ class Cameras:
             # mjr_render draws the average of the two eye cameras (mono rendering).
             gl_camera = mujoco.mjv_averageCamera(self._scene.camera[0], self._scene.camera[1])
             self._gl_cameras[index] = gl_camera
-            self._intrinsics[index], self._extrinsics[index] = gl_camera_matrices(
+            intrinsics[index], extrinsics[index] = gl_camera_matrices(
                 gl_camera, self.height, self.width
             )
-        self._centres = geometry.camera_centers(self._extrinsics)
+        centres = geometry.camera_centers(extrinsics)
+        for array in (intrinsics, extrinsics, centres):
+            array.flags.writeable = False
+        self._intrinsics, self._extrinsics, self._centres = intrinsics, extrinsics, centres
         self._computed = True
+
+    def snapshot(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(intrinsics, extrinsics, centres)`` of the last update, without copying: read-only
+        arrays that later updates replace but never change."""
+        self._require_update()
+        return self._intrinsics, self._extrinsics, self._centres
 
     def place(self, data: mujoco.MjData, index: int, scene: mujoco.MjvScene) -> None:
         """Put camera ``index`` into ``scene`` (``mjv_updateCamera``), as ``mjr_render`` draws it.
@@ -394,12 +481,15 @@ class Cameras:
         Free cameras take their field of view from the model: it is set to the camera's for the
         update, then restored, so that a wrapped env's own renderer is unaffected.
         """
+        camera, fovy = self._mjv_cameras[index], self._free_fovy[index]
+        if fovy is None:  # a named camera: its own fovy
+            compat.update_camera(self._model, data, camera, scene)
+            return
         global_visual = self._model.vis.global_
         saved = global_visual.fovy
-        if self.specs[index].kind != "named":
-            global_visual.fovy = self.specs[index].fovy
+        global_visual.fovy = fovy
         try:
-            mujoco.mjv_updateCamera(self._model, data, self._mjv_cameras[index], scene)
+            compat.update_camera(self._model, data, camera, scene)
         finally:
             global_visual.fovy = saved
 
@@ -427,206 +517,6 @@ class Cameras:
         return np.stack(
             [gl_camera_matrices(camera, height, width)[0] for camera in self._gl_cameras]
         )
-
-
-class MultiViewRenderer:
-    """Renders all cameras of a :class:`Cameras` in one pass.
-
-    The views are drawn side by side into one offscreen framebuffer (one viewport per camera) and
-    read back with a single ``mjr_readPixels``; the scene's geometry is built once per frame and
-    only the camera changes between views. The GL context is the process's shared one
-    (:func:`envs.gl.shared_context`) and is created on the first render.
-
-    Args:
-        model: the MuJoCo model.
-        cameras: the cameras to draw.
-        max_geom: capacity of the scene.
-        fast: render without shadow maps and multisampling whatever the model asks for (a 4096²
-            shadow map costs ~15 ms per 64 px frame on a CPU rasteriser); ``False`` keeps the
-            model's ``<quality>`` settings.
-    """
-
-    def __init__(
-        self, model: mujoco.MjModel, cameras: Cameras, max_geom: int = 1000, fast: bool = True
-    ) -> None:
-        self._fast = fast
-        self._model = model
-        self._cameras = cameras
-        self._scene = mujoco.MjvScene(model, maxgeom=max_geom)
-        self._option = mujoco.MjvOption()
-        self._option.geomgroup[:] = 0
-        self._option.sitegroup[:] = 0
-        for group in VISIBLE_GROUPS:
-            self._option.geomgroup[group] = 1
-            self._option.sitegroup[group] = 1
-        self._perturb = mujoco.MjvPerturb()
-        height, width, count = cameras.height, cameras.width, len(cameras)
-        self._viewports = [mujoco.MjrRect(i * width, 0, width, height) for i in range(count)]
-        self._full = mujoco.MjrRect(0, 0, count * width, height)
-        self._rgb = np.empty((height, count * width, 3), dtype=np.uint8)
-        self._depth: np.ndarray | None = None
-        self._context: mujoco.MjrContext | None = None
-
-    def _ensure_context(self) -> mujoco.MjrContext:
-        if self._context is None:
-            gl.shared_context()
-            global_visual = self._model.vis.global_
-            needed_width = self._full.width
-            needed_height = self._full.height
-            quality = self._model.vis.quality
-            saved = (
-                global_visual.offwidth,
-                global_visual.offheight,
-                quality.shadowsize,
-                quality.offsamples,
-            )
-            # The context is made for this model's settings: set ours just for its creation.
-            global_visual.offwidth = max(saved[0], needed_width)
-            global_visual.offheight = max(saved[1], needed_height)
-            if self._fast:
-                quality.shadowsize, quality.offsamples = 0, 0
-            try:
-                self._context = mujoco.MjrContext(self._model, mujoco.mjtFontScale.mjFONTSCALE_100)
-            except mujoco.FatalError as error:  # e.g. GLFW without a display fails only here
-                raise gl.unavailable(gl.default_backend(), error) from error
-            finally:
-                (
-                    global_visual.offwidth,
-                    global_visual.offheight,
-                    quality.shadowsize,
-                    quality.offsamples,
-                ) = saved
-            # Depth reads as 0 at the far plane and 1 at the near one (what _linear_depth inverts).
-            self._context.readDepthMap = mujoco.mjtDepthMap.mjDEPTH_ZEROFAR
-            mujoco.mjr_setBuffer(mujoco.mjtFramebuffer.mjFB_OFFSCREEN, self._context)
-            if self._context.offWidth < needed_width or self._context.offHeight < needed_height:
-                raise ValueError(
-                    f"{len(self._cameras)} views of {self._cameras.width}x{self._cameras.height} "
-                    f"need a {needed_width}x{needed_height} framebuffer; this GL driver allows "
-                    f"{self._context.offWidth}x{self._context.offHeight}. Use fewer or smaller "
-                    "views."
-                )
-        else:
-            gl.shared_context()
-            mujoco.mjr_setBuffer(mujoco.mjtFramebuffer.mjFB_OFFSCREEN, self._context)
-        return self._context
-
-    def _draw(self, data: mujoco.MjData, segmentation: bool = False) -> mujoco.MjrContext:
-        context = self._ensure_context()
-        cameras = self._cameras
-        mujoco.mjv_updateScene(
-            self._model,
-            data,
-            self._option,
-            self._perturb,
-            cameras.mjv_camera(0),
-            mujoco.mjtCatBit.mjCAT_ALL,
-            self._scene,
-        )
-        flags = self._scene.flags
-        flags[mujoco.mjtRndFlag.mjRND_SEGMENT] = segmentation
-        flags[mujoco.mjtRndFlag.mjRND_IDCOLOR] = segmentation
-        for index, viewport in enumerate(self._viewports):
-            # mjv_updateScene placed camera 0 with the model's free-camera fovy: place every
-            # camera with its own parameters.
-            cameras.place(data, index, self._scene)
-            mujoco.mjr_render(viewport, self._scene, context)
-        return context
-
-    def render(self, data: mujoco.MjData, out: np.ndarray | None = None) -> np.ndarray:
-        """Render every camera.
-
-        Args:
-            data: simulation state with current kinematics.
-            out: optional ``(C, H, W, 3)`` uint8 array to write into.
-
-        Returns:
-            ``(C, H, W, 3)`` uint8 images, row 0 at the top.
-        """
-        context = self._draw(data)
-        mujoco.mjr_readPixels(self._rgb, None, self._full, context)
-        return self._split(self._rgb, out)
-
-    def render_background(self, data: mujoco.MjData) -> np.ndarray:
-        """Render every camera with only the static scene: the geoms of bodies that can move
-        (any body not welded to the world, mocap bodies included) are left out.
-
-        This is the empty scene that keypoint autoencoders weight their reconstruction error
-        against (:mod:`kp3d.reconstruction`); the cameras are placed as for :meth:`render`, so
-        moving cameras get the background of their current view.
-
-        Args:
-            data: simulation state with current kinematics (placing the cameras).
-
-        Returns:
-            ``(C, H, W, 3)`` uint8 images, row 0 at the top.
-        """
-        model = self._model
-        moving = model.body_weldid[model.geom_bodyid] != 0
-        saved = model.geom_group.copy()
-        model.geom_group[moving] = HIDDEN_GROUP
-        try:
-            return self.render(data).copy()
-        finally:
-            model.geom_group[:] = saved
-
-    def render_depth(self, data: mujoco.MjData) -> np.ndarray:
-        """``(C, H, W)`` float32 depth (camera-frame z, metres) of every camera."""
-        context = self._draw(data)
-        if self._depth is None:
-            self._depth = np.empty(self._rgb.shape[:2], dtype=np.float32)
-        mujoco.mjr_readPixels(None, self._depth, self._full, context)
-        return self._split(self._linear_depth(self._depth))
-
-    def render_segmentation(self, data: mujoco.MjData) -> np.ndarray:
-        """``(C, H, W, 2)`` int32 (object id, object type) per pixel; ``(-1, -1)`` is background."""
-        context = self._draw(data, segmentation=True)
-        mujoco.mjr_readPixels(self._rgb, None, self._full, context)
-        self._scene.flags[mujoco.mjtRndFlag.mjRND_SEGMENT] = False
-        self._scene.flags[mujoco.mjtRndFlag.mjRND_IDCOLOR] = False
-        segment_ids = (
-            self._rgb[..., 0].astype(np.int64)
-            + (self._rgb[..., 1].astype(np.int64) << 8)
-            + (self._rgb[..., 2].astype(np.int64) << 16)
-        )
-        lookup = np.full((self._scene.ngeom + 1, 2), -1, dtype=np.int32)
-        for geom in self._scene.geoms[: self._scene.ngeom]:
-            if geom.segid >= 0:
-                lookup[geom.segid + 1] = (geom.objid, geom.objtype)
-        return self._split(lookup[segment_ids])
-
-    def _linear_depth(self, buffer: np.ndarray) -> np.ndarray:
-        # MuJoCo renders with reversed z: window depth d maps to metric z = near*far / (near +
-        # d*(far - near))... expressed as in mujoco.Renderer to match its float32 rounding.
-        extent = self._model.stat.extent
-        near = np.float32(self._model.vis.map.znear * extent)
-        far = np.float32(self._model.vis.map.zfar * extent)
-        c_coef = np.float32(-0.5) * (-(far + near) / (far - near)) - np.float32(0.5)
-        d_coef = np.float32(-0.5) * (-(np.float32(2) * far * near) / (far - near))
-        return (d_coef / (buffer.astype(np.float64) + c_coef)).astype(np.float32)
-
-    def _split(self, tiled: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        count, width = len(self._cameras), self._cameras.width
-        height = self._cameras.height
-        # GL rows start at the bottom: flip, then cut the row of views into cameras.
-        views = tiled[::-1].reshape(height, count, width, *tiled.shape[2:]).swapaxes(0, 1)
-        if out is None:
-            return np.ascontiguousarray(views)
-        out[...] = views
-        return out
-
-    def close(self) -> None:
-        """Free the GL resources of this renderer (the shared GL context stays)."""
-        if self._context is not None:
-            gl.shared_context()
-            self._context.free()
-            self._context = None
-
-
-def tile_views(images: np.ndarray) -> np.ndarray:
-    """``(C, H, W, 3)`` views side by side as one ``(H, C * W, 3)`` image."""
-    count, height, width = images.shape[:3]
-    return images.swapaxes(0, 1).reshape(height, count * width, *images.shape[3:])
 
 
 def look_at_free_camera(eye: Sequence[float], target: Sequence[float]) -> dict[str, float]:

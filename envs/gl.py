@@ -82,6 +82,13 @@ def _create_context(backend: str, width: int, height: int) -> Any:
 
 _context: Any = None
 _context_pid: int | None = None
+_egl: Any = None  # PyOpenGL's EGL module, with the EGL backend
+_egl_handle: int | None = None  # the EGL context of _context
+
+
+def _current_egl_handle() -> int | None:
+    current = _egl.eglGetCurrentContext()
+    return current.address if current else None  # None: no context is current
 
 
 def shared_context() -> Any:
@@ -93,13 +100,21 @@ def shared_context() -> Any:
     Raises:
         RenderingUnavailableError: when no backend can create a context; the message names the fix.
     """
-    global _context, _context_pid
+    global _context, _context_pid, _egl, _egl_handle
     if _context is None or _context_pid != os.getpid():
         # A context inherited through fork() is unusable in the child: make a new one.
-        _context = _create_context(default_backend(), 16, 16)
+        backend = default_backend()
+        _context = _create_context(backend, 16, 16)
         _context_pid = os.getpid()
-    else:
-        # Another library (e.g. a mujoco.Renderer) may have made its own context current.
+        _egl_handle = None
+        if backend == "egl":
+            from OpenGL import EGL
+
+            _egl = EGL
+            _egl_handle = _current_egl_handle()
+    elif _egl_handle is None or _current_egl_handle() != _egl_handle:
+        # Another library (e.g. a mujoco.Renderer) may have made its own context current. (With
+        # EGL, asking which context is current costs less than making ours current again.)
         _context.make_current()
     return _context
 

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import mujoco
 import numpy as np
 
-from envs.cameras import VISIBLE_GROUPS, Cameras
+from envs import compat
+from envs.cameras import Cameras
+from envs.ground_truth import Deferred, GroundTruthInfo
+from envs.rendering import VISIBLE_GROUPS
 from kp3d import geometry
 
 # Rays stop this far short of a keypoint, so that the surface a keypoint lies on does not count as
@@ -97,6 +102,10 @@ class Keypoints:
         self._distances = np.empty(0, dtype=np.float64)
         self._groups = np.zeros(6, dtype=np.uint8)
         self._groups[list(VISIBLE_GROUPS)] = 1
+        self._scratch: mujoco.MjData | None = None  # for deferred_ground_truth, made on first use
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_scratch": None}  # scratch space: not worth pickling
 
     @classmethod
     def from_specs(
@@ -177,6 +186,53 @@ class Keypoints:
             "camera_extrinsics": extrinsics,
         }
 
+    def deferred_ground_truth(
+        self, data: mujoco.MjData, cameras: Cameras, info: dict[str, Any] | None = None
+    ) -> GroundTruthInfo:
+        """``info`` with :meth:`ground_truth` of the current state, whose keypoint entries are
+        computed only when read (:class:`envs.ground_truth.GroundTruthInfo`).
+
+        The camera matrices are in the dict at once (they cost two copies). The keypoints are
+        computed from a snapshot of the joint and mocap positions, placed by ``mj_kinematics`` in
+        a scratch ``mjData`` of this object's own, so they equal :meth:`ground_truth` of this
+        state whenever they are read (as long as the model's geometry is not edited meanwhile).
+        """
+        values = dict(info) if info else {}
+        values["camera_intrinsics"] = cameras.intrinsics
+        values["camera_extrinsics"] = cameras.extrinsics
+        compute = functools.partial(
+            self._deferred_values,
+            (data.qpos.copy(), data.mocap_pos.copy(), data.mocap_quat.copy()),
+            cameras.snapshot(),
+            (cameras.width, cameras.height),
+        )
+        return GroundTruthInfo(values, Deferred(compute))
+
+    def _deferred_values(
+        self,
+        positions: tuple[np.ndarray, np.ndarray, np.ndarray],
+        cameras: tuple[np.ndarray, np.ndarray, np.ndarray],
+        image_size: tuple[int, int],
+    ) -> dict[str, np.ndarray]:
+        intrinsics, extrinsics, centres = cameras
+        if self._scratch is None:
+            self._scratch = mujoco.MjData(self._model)
+        scratch = self._scratch
+        scratch.qpos[:], scratch.mocap_pos[:], scratch.mocap_quat[:] = positions
+        if self._model.nflex:
+            mujoco.mj_fwdPosition(self._model, scratch)  # flex vertices too
+        else:
+            mujoco.mj_kinematics(self._model, scratch)
+        points = self.world(scratch)
+        pixels, depth = geometry.project(points[None], intrinsics, extrinsics)
+        visible = self._visibility(scratch, centres, image_size, points, pixels, depth)
+        return {
+            "keypoints_world": points,
+            "keypoints_pixels": pixels,
+            "keypoints_depth": depth,
+            "keypoints_visible": visible,
+        }
+
     def visibility(
         self,
         data: mujoco.MjData,
@@ -186,12 +242,23 @@ class Keypoints:
         depth: np.ndarray,
     ) -> np.ndarray:
         """``(C, J)``: inside the image, beyond the near plane, and not occluded."""
-        image_size = np.array([cameras.width, cameras.height])
-        visible = (depth > self._near) & ((pixels >= 0) & (pixels < image_size)).all(axis=-1)
+        image_size = (cameras.width, cameras.height)
+        return self._visibility(data, cameras.centres, image_size, points, pixels, depth)
+
+    def _visibility(
+        self,
+        data: mujoco.MjData,
+        centres: np.ndarray,
+        image_size: tuple[int, int],
+        points: np.ndarray,
+        pixels: np.ndarray,
+        depth: np.ndarray,
+    ) -> np.ndarray:
+        inside = ((pixels >= 0) & (pixels < np.array(image_size))).all(axis=-1)
+        visible = (depth > self._near) & inside
         count = len(points)
         if count == 0:
             return visible
-        centres = cameras.centres
         offsets = points[None] - centres[:, None]
         lengths = np.sqrt(np.einsum("cjk,cjk->cj", offsets, offsets))
         directions = offsets / np.maximum(lengths, 1e-12)[..., None]
@@ -200,7 +267,7 @@ class Keypoints:
             self._distances = np.empty(lengths.shape, dtype=np.float64)
         geom_ids, distances = self._geom_ids, self._distances
         for camera, centre in enumerate(centres):
-            mujoco.mj_multiRay(
+            compat.multi_ray(
                 self._model,
                 data,
                 centre,
@@ -210,7 +277,6 @@ class Keypoints:
                 -1,
                 geom_ids[camera],
                 distances[camera],
-                None,
                 count,
                 math.inf,
             )

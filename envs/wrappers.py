@@ -9,10 +9,14 @@ import gymnasium as gym
 import mujoco
 import numpy as np
 
-from envs.cameras import Cameras, CameraSpec, MultiViewRenderer, parse_size, tile_views
+from envs.base import validate_action
+from envs.cameras import Cameras, CameraSpec, parse_size
 from envs.keypoints import Keypoints
+from envs.rendering import MultiViewRenderer, tile_views
 
 _MOVING_ROOT_JOINTS = (mujoco.mjtJoint.mjJNT_FREE, mujoco.mjtJoint.mjJNT_SLIDE)
+# The pipeline stages that place bodies, geoms, sites, cameras and lights from the positions.
+_POSITION_STAGES = (mujoco.mj_kinematics, mujoco.mj_comPos, mujoco.mj_camlight)
 
 
 def _mujoco_parts(env: gym.Env) -> tuple[mujoco.MjModel, mujoco.MjData]:
@@ -25,6 +29,19 @@ def _mujoco_parts(env: gym.Env) -> tuple[mujoco.MjModel, mujoco.MjData]:
             f"got {type(base).__name__}"
         )
     return model, data
+
+
+def _copy_simulation_state(
+    model: mujoco.MjModel, source: mujoco.MjData, target: mujoco.MjData
+) -> None:
+    """Give ``target`` the integration state of ``source`` (everything the next ``mj_step``
+    starts from), and the positions that depend on it."""
+    spec = int(mujoco.mjtState.mjSTATE_INTEGRATION)
+    state = np.empty(mujoco.mj_stateSize(model, spec))
+    mujoco.mj_getState(model, source, state, spec)
+    mujoco.mj_setState(model, target, state, spec)
+    for stage in _POSITION_STAGES:
+        stage(model, target)
 
 
 def default_cameras(model: mujoco.MjModel, count: int = 3) -> tuple[CameraSpec, ...]:
@@ -88,6 +105,16 @@ class MultiCameraWrapper(gym.Wrapper):
     The cameras are reachable as ``wrapper.cameras`` (or ``env.get_wrapper_attr("cameras")`` from
     outer wrappers).
 
+    Actions are checked as kp3d's own envs check them (:func:`envs.base.validate_action`): a wrong
+    shape or a NaN/infinite value raises ``ValueError``, values outside a ``Box`` action space are
+    clipped into it before the wrapped env sees them (valid actions reach it unchanged).
+
+    The wrapper can be pickled and deep-copied. A copy continues from the same simulation state:
+    when the wrapped env rebuilds itself on copying (Gymnasium's MuJoCo envs are re-made from their
+    constructor arguments, Meta-World's reload their model), the wrapper binds to the rebuilt
+    model and data and gives them its saved simulation state (``mjData``) and the wrapped env's
+    random generator; anything else the wrapped env keeps is copied as the wrapped env copies it.
+
     Args:
         env: a MuJoCo-based env (``env.unwrapped.model`` / ``.data``), e.g. ``gym.make("Ant-v5")``.
         cameras: camera specs; ``None`` for :func:`default_cameras`.
@@ -110,12 +137,11 @@ class MultiCameraWrapper(gym.Wrapper):
         keypoint_bodies: Sequence[str] | None = None,
     ) -> None:
         super().__init__(env)
-        self._model, self._data = _mujoco_parts(env)
+        model, data = _mujoco_parts(env)
         parse_size(size)
-        specs = tuple(cameras) if cameras is not None else default_cameras(self._model)
-        self.cameras = Cameras(self._model, specs, size)
-        self.keypoints = Keypoints.from_bodies(self._model, keypoint_bodies)
-        self._renderer: MultiViewRenderer | None = None
+        specs = tuple(cameras) if cameras is not None else default_cameras(model)
+        self._keypoint_bodies = None if keypoint_bodies is None else tuple(keypoint_bodies)
+        self._bind(model, data, specs, size)
         self._last_images: np.ndarray | None = None
         height, width = self.cameras.height, self.cameras.width
         spaces: dict[str, gym.Space] = {
@@ -139,6 +165,42 @@ class MultiCameraWrapper(gym.Wrapper):
     def skeleton(self) -> np.ndarray:
         return self.keypoints.skeleton
 
+    def _bind(
+        self,
+        model: mujoco.MjModel,
+        data: mujoco.MjData,
+        specs: Sequence[CameraSpec],
+        size: int | Sequence[int],
+    ) -> None:
+        self._model, self._data = model, data
+        self.cameras = Cameras(model, specs, size)
+        self.keypoints = Keypoints.from_bodies(model, self._keypoint_bodies)
+        self._renderer: MultiViewRenderer | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        # Kept apart: the wrapped env may rebuild itself without them (see __setstate__).
+        state["_wrapped_np_random"] = getattr(self.env.unwrapped, "_np_random", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        np_random = state.pop("_wrapped_np_random")
+        self.__dict__.update(state)
+        model, data = _mujoco_parts(self.env)
+        if data is self._data:
+            return  # the wrapped env was copied with its own model and data
+        # The wrapped env was rebuilt (fresh model and data): bind to them, give them the saved
+        # simulation state and random generator, and place the cameras for that state.
+        saved = self._data
+        computed = self.cameras.computed
+        self._bind(model, data, self.cameras.specs, (self.cameras.height, self.cameras.width))
+        _copy_simulation_state(model, saved, data)
+        if np_random is not None:
+            self.env.unwrapped.np_random = np_random
+        if computed:
+            self.cameras.update(data)
+
     def _renderer_or_new(self) -> MultiViewRenderer:
         if self._renderer is None:
             self._renderer = MultiViewRenderer(self._model, self.cameras)
@@ -148,7 +210,7 @@ class MultiCameraWrapper(gym.Wrapper):
         # Gymnasium's MujocoEnv leaves body positions from before the last integration substep;
         # recompute the position-dependent quantities (only) so that images and ground truth show
         # the state the observation describes. The next mj_step recomputes them anyway.
-        for stage in (mujoco.mj_kinematics, mujoco.mj_comPos, mujoco.mj_camlight):
+        for stage in _POSITION_STAGES:
             stage(self._model, self._data)
         if full_update or self.cameras.any_moving:
             self.cameras.update(self._data, only_moving=not full_update)
@@ -159,7 +221,7 @@ class MultiCameraWrapper(gym.Wrapper):
             wrapped.update(observation)
         else:
             wrapped["state"] = observation
-        return wrapped, {**info, **self.keypoints.ground_truth(self._data, self.cameras)}
+        return wrapped, self.keypoints.deferred_ground_truth(self._data, self.cameras, info)
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
@@ -168,6 +230,12 @@ class MultiCameraWrapper(gym.Wrapper):
         return self._wrap(observation, info, full_update=True)
 
     def step(self, action: Any) -> tuple[Any, float, bool, bool, dict[str, Any]]:
+        space = self.action_space
+        if isinstance(space, gym.spaces.Box):
+            given = np.asarray(action)
+            # Floats keep their precision, so that valid actions reach the env unchanged.
+            floating = np.issubdtype(given.dtype, np.floating)
+            action = validate_action(given, space).astype(given.dtype if floating else space.dtype)
         observation, reward, terminated, truncated, info = self.env.step(action)
         observation, info = self._wrap(observation, info, full_update=False)
         return observation, reward, terminated, truncated, info
@@ -208,7 +276,8 @@ def make_metaworld(
     """A Meta-World v3 task (e.g. ``"hammer-v3"``, ``"door-open-v3"``) with kp3d's cameras.
 
     Needs the ``metaworld`` extra (``pip install "kp3d[metaworld]"``). Meta-World 3.x pins
-    ``mujoco==3.3``, so install it in an environment of its own.
+    ``mujoco==3.3.0``, so install it in an environment of its own: ``make test-metaworld`` builds
+    one (``.venv-metaworld``) and runs the env tests and Meta-World's scripted policies there.
 
     Args:
         task_name: a Meta-World v3 environment name.

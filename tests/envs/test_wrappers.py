@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import doctest
 import importlib.util
 import warnings
@@ -131,6 +132,42 @@ def test_render_tiles_the_last_views(wrapped) -> None:
     tiled = wrapped.render()
     assert tiled.shape == (48, 3 * 64, 3) and tiled.dtype == np.uint8
     np.testing.assert_array_equal(tiled[:, 64:128], observation["cam_view1"])
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_and_misshapen_actions_are_refused(wrapped, bad: float) -> None:
+    """As kp3d's own envs refuse them (Ant-v5 itself returns NaN rewards for a NaN action)."""
+    wrapped.reset(seed=0)
+    state = wrapped.unwrapped.data.qpos.copy()
+    action = np.zeros(wrapped.action_space.shape, np.float32)
+    action[1] = bad
+    with pytest.raises(ValueError, match="action must be finite"):
+        wrapped.step(action)
+    with pytest.raises(ValueError, match=r"action must have shape \(\d+,\); got \(3,\)"):
+        wrapped.step(np.zeros(3))
+    np.testing.assert_array_equal(wrapped.unwrapped.data.qpos, state)  # nothing was simulated
+    wrapped.step(np.zeros(wrapped.action_space.shape, np.float32))  # still usable
+
+
+def test_out_of_range_actions_are_clipped(wrapped) -> None:
+    space = wrapped.action_space
+    wrapped.reset(seed=0)
+    twin = copy.deepcopy(wrapped)
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        action = rng.uniform(-5, 5, space.shape).astype(np.float32)
+        clipped = np.clip(action, space.low, space.high)
+        assert not np.array_equal(action, clipped)
+        observation, reward, *_ = wrapped.step(action)
+        np.testing.assert_array_equal(wrapped.unwrapped.data.ctrl, clipped)
+        expected, expected_reward, *_ = twin.step(clipped)
+        np.testing.assert_array_equal(observation["state"], expected["state"])
+        assert reward == expected_reward
+    # Valid actions reach the wrapped env unchanged, in their own precision.
+    action = rng.uniform(space.low, space.high).astype(np.float64)
+    wrapped.step(action)
+    np.testing.assert_array_equal(wrapped.unwrapped.data.ctrl, action)
+    twin.close()
 
 
 def test_outer_wrappers_reach_the_cameras() -> None:

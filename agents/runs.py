@@ -118,14 +118,15 @@ def new_run_dir(run_dir: str | Path | None, default: Path) -> Path:
 @contextlib.contextmanager
 def writing_new_run(path: Path, checkpoint: str) -> Iterator[None]:
     """Hold a fresh run's lock (:func:`lock_run_dir`) while the body starts and trains it; if the
-    body fails before the run's ``checkpoint`` file exists (a bad value found late, Ctrl-C
-    during start-up, a crash before the first checkpoint), remove the directory, so that its
-    name is free again and nothing points at a run that cannot be resumed."""
+    body fails during start-up (before the run has a ``checkpoint`` file or logs: a bad value
+    found late, Ctrl-C, a damaged dataset), remove the directory, so that its name is free again
+    and nothing points at a run that cannot be resumed. A run that had begun to learn keeps its
+    logs, whatever stopped it."""
     try:
         with lock_run_dir(path):
             yield
     except BaseException:
-        if not (path / checkpoint).is_file():
+        if not (path / checkpoint).is_file() and not (path / LOG_DIR).exists():
             shutil.rmtree(path, ignore_errors=True)
         raise
 

@@ -18,8 +18,8 @@ Checkpoints are written every ``checkpoint_freq`` steps, at the end, and on Ctrl
 a temporary name in the same directory and then renamed (``os.replace``), so that an interrupted
 write never leaves a broken checkpoint; nothing is unpickled when they are read back
 (:mod:`agents.checkpoints`). :func:`resume` continues a run from its checkpoint with the same
-optimizer state and step count, up to the config's ``n_timesteps``. A run that fails before its
-first checkpoint removes its directory, so that the name can be used again.
+optimizer state and step count, up to the config's ``n_timesteps``. A run that fails during
+start-up removes its directory, so that the name can be used again.
 """
 
 from __future__ import annotations

@@ -80,7 +80,12 @@ def _start_or_resume(
     except interrupted:
         return None
     except KeyboardInterrupt:
-        print("\ninterrupted before the first checkpoint", file=sys.stderr)
+        outcome = (
+            "the run is as it was"
+            if args.resume is not None
+            else "nothing to resume: the new run's directory was removed, or keeps only its logs"
+        )
+        print(f"\ninterrupted before the first checkpoint; {outcome}", file=sys.stderr)
         return None
 
 

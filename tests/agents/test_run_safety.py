@@ -297,6 +297,28 @@ def test_cuda_without_a_gpu_warns_once(monkeypatch) -> None:
         assert resolve_device("cuda:3").type == "cpu"
 
 
+def test_a_full_disk_is_one_line_and_leaves_nothing(
+    tmp_path: Path, write_config, tiny_config, capsys, monkeypatch
+) -> None:
+    import errno
+
+    import agents.training
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "run" / "model.zip"))
+
+    monkeypatch.setattr(agents.training, "save_checkpoint", full)
+    config = write_config(tiny_config())
+    assert main(["train", str(config), "--run-dir", str(tmp_path / "run")]) == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "No space left on device" in error
+    assert "intact" in error
+    # It had begun to learn: its logs are kept; nothing advises resuming it.
+    assert (tmp_path / "run" / "logs" / "progress.csv").is_file()
+    with pytest.raises(RunDirectoryError, match="holds no checkpoint to resume"):
+        agents.train(config_from_dict(tiny_config()), run_dir=tmp_path / "run")
+
+
 def test_os_errors_are_one_line(tmp_path: Path, write_config, tiny_config, capsys) -> None:
     afile = tmp_path / "afile"
     afile.write_text("mine")

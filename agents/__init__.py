@@ -1,17 +1,25 @@
-"""Agents: Stable-Baselines3 integration of the perception modules, training runs, videos.
+"""Agents: Stable-Baselines3 glue for the perception modules, and the ``kp3d`` command line.
 
-- :func:`train`, :func:`resume`, :func:`load`, :func:`evaluate`: runs from configs
-  (:mod:`agents.training`, :mod:`agents.evaluation`), configs in :mod:`agents.config`;
-- :class:`~agents.extractor.PerceptionExtractor`: any registered perception module as an SB3
-  features extractor; :class:`~agents.environment.CameraMatricesObservation` for moving cameras;
-- :class:`~agents.ppo.PerceptionPPO` (Keypoint3D's joint and unsupervised training) and
-  :class:`~agents.sac.PerceptionSAC` (DrQ/SAC-AE-style critic-trained perception);
-- :func:`render_rollout`, :func:`render_video` (:mod:`agents.render`): keypoint rollout videos of
-  agents or perception modules; :func:`plot_learning_curves` (:mod:`agents.plot`): learning
-  curves of runs; :mod:`agents.video`: writing MP4/GIF videos safely;
-- :func:`write_dataset` (:mod:`agents.dataset`, ``kp3d dataset``) and
-  :func:`agents.pretrain.pretrain`, :func:`resume_pretrain` (``kp3d pretrain``): frame datasets
-  with ground truth, and offline training of perception modules on them.
+Where things live (arrows run agents → envs → kp3d; ``make lint`` checks it):
+
+- runs: :mod:`~agents.runs` (run directories, locks, config file, logger, device, seeds and
+  threads — one route for train, pretrain, datasets and benchmarks), :mod:`~agents.config` and
+  :mod:`~agents.config_checks` (YAML configs and their valid ranges), :mod:`~agents.checkpoints`
+  (checkpoint files, read without unpickling);
+- the agent: :mod:`~agents.builder` (envs, perception, SB3 algorithm from a config; loading a
+  trained one back: :func:`load`, ``load_policy``), :mod:`~agents.extractor` (a perception as
+  SB3 features extractor), :mod:`~agents.features` (a frozen perception in front of the policy),
+  :mod:`~agents.pretrained` (``perception.pretrained`` checkpoints), :mod:`~agents.ppo` and
+  :mod:`~agents.sac` (SB3 subclasses), :mod:`~agents.buffers`, :mod:`~agents.environment`;
+- running it: :mod:`~agents.training` (:func:`train` via :mod:`~agents.pipeline`,
+  :func:`resume`), :mod:`~agents.evaluation` (:func:`evaluate`), :mod:`~agents.callbacks`;
+- seeing it: :mod:`~agents.rollouts` (episodes with the perception's outputs),
+  :mod:`agents.video` (drawing, frame composition, writing), :mod:`~agents.render`
+  (:func:`render_rollout`, :func:`render_video`), :mod:`~agents.plot` (learning curves);
+- data: :mod:`~agents.dataset` (``kp3d dataset``), :mod:`~agents.pretrain` and
+  :mod:`~agents.probing` (``kp3d pretrain`` and its held-out metrics);
+- :mod:`~agents.cli`: the ``kp3d`` command; a new command is a ``_cmd_<name>`` function and a
+  subparser there.
 
 ``import agents`` stays cheap (env worker processes import it): torch and SB3 load when one of the
 names below is first used.
@@ -23,7 +31,7 @@ from typing import Any
 _EXPORTS = {
     "train": "agents.pipeline",
     "resume": "agents.training",
-    "load": "agents.evaluation",
+    "load": "agents.builder",
     "evaluate": "agents.evaluation",
     "load_config": "agents.config",
     "TrainConfig": "agents.config",
@@ -31,7 +39,7 @@ _EXPORTS = {
     "PerceptionExtractor": "agents.extractor",
     "PerceptionPPO": "agents.ppo",
     "PerceptionSAC": "agents.sac",
-    "CameraMatricesObservation": "agents.environment",
+    "CameraMatricesObservation": "envs.observations",
     "render_rollout": "agents.render",
     "render_video": "agents.render",
     "plot_learning_curves": "agents.plot",

@@ -20,9 +20,10 @@ from agents.checkpoints import load_model, saved_perception_kwargs
 from agents.config import ConfigError, TrainConfig
 from agents.environment import CameraLayout, build_vec_env, camera_layout
 from agents.extractor import PerceptionExtractor, perception_extractor
-from agents.features import FeatureEncoder, PerceptionFeatures
+from agents.features import FeatureEncoder, FeaturePolicy, PerceptionFeatures
 from agents.ppo import PerceptionPPO
-from agents.runs import MODEL_FILE, RunDirectoryError, resolve_device
+from agents.pretrained import load_pretrained_weights, pretrained_perception
+from agents.runs import MODEL_FILE, RunDirectoryError, read_run_config, resolve_device
 from agents.sac import PerceptionSAC
 
 PERCEPTION_FILE = "perception.pt"
@@ -36,11 +37,9 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU}
 
 def pretrained_checkpoint(config: TrainConfig, layout: CameraLayout | None) -> dict | None:
     """The ``perception.pretrained`` checkpoint, checked against the config and the cameras
-    (:func:`agents.pretrain.pretrained_perception`); ``None`` when the config names none."""
+    (:func:`agents.pretrained.pretrained_perception`); ``None`` when the config names none."""
     if config.perception.pretrained is None or layout is None:
         return None
-    from agents.pretrain import pretrained_perception
-
     return pretrained_perception(config.perception, layout.names, layout.image_size)
 
 
@@ -189,8 +188,6 @@ def build_model(config: TrainConfig, env: VecEnv, layout: CameraLayout | None) -
         return model
     checkpoint = pretrained_checkpoint(config, layout)
     if checkpoint is not None:
-        from agents.pretrain import load_pretrained_weights
-
         load_pretrained_weights(model.policy, checkpoint)
     if layout is not None and layout.background is not None:
         import torch
@@ -313,6 +310,40 @@ def load_run_model(
     return load_model(path, template, env=env, device=str(resolve_device(device)))
 
 
+def load(run_dir: str | Path, device: str = "auto", env: object | None = None) -> BaseAlgorithm:
+    """The agent of a run directory at its latest checkpoint.
+
+    Args:
+        run_dir: a directory written by :func:`agents.train`.
+        device: torch device.
+        env: optional vectorised env to attach (needed to continue training, not to act).
+
+    Nothing in the run directory is unpickled (:mod:`agents.checkpoints`).
+
+    Raises:
+        RunDirectoryError: if ``run_dir`` is not a run, has no checkpoint yet, or its checkpoint
+            does not fit its config.
+    """
+    path = Path(run_dir)
+    config = read_run_config(path)
+    layout = run_layout(config)
+    return load_run_model(config, path, layout, env=env, device=device)  # type: ignore[arg-type]
+
+
+def load_policy(run_dir: str | Path, device: str = "auto") -> BaseAlgorithm | FeaturePolicy:
+    """What acts on the env's raw observations for a run: its SB3 model, or, for a run whose
+    frozen perception runs outside the policy (``perception.freeze``), the model with that
+    perception in front (:class:`~agents.features.FeaturePolicy`)."""
+    model = load(run_dir, device=device)
+    config = read_run_config(run_dir)
+    if not frozen_perception(config):
+        return model
+    layout = run_layout(config)
+    encoder = feature_encoder(config, layout, Path(run_dir))
+    assert encoder is not None
+    return FeaturePolicy(model, encoder)
+
+
 def close_quietly(env: VecEnv) -> None:
     """Close a vectorised env, also when its workers are already gone."""
     # After Ctrl-C, worker processes may already have exited: their pipes are gone.
@@ -329,6 +360,8 @@ __all__ = [
     "close_quietly",
     "feature_encoder",
     "frozen_perception",
+    "load",
+    "load_policy",
     "load_run_model",
     "make_run_env",
     "perception_kwargs",

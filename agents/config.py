@@ -272,7 +272,7 @@ class EvalConfig:
 
 @dataclass
 class VideoConfig:
-    """Periodic rollout videos of the agent being trained (:class:`agents.render.VideoCallback`):
+    """Periodic rollout videos of the agent being trained (:class:`agents.callbacks.VideoCallback`):
     ``videos/step_<N>.mp4`` in the run directory, and four of each video's frames logged to
     TensorBoard as the image ``kp3d/rollout``. Each video costs a rollout with the perception's
     decoder on: a 100-step episode takes about 5-10 s on a CPU."""

@@ -37,6 +37,7 @@ import mujoco
 import numpy as np
 
 from agents.progress import progress_bar
+from envs.observations import stack_views
 from kp3d.data import (
     BACKGROUND_FILE,
     BACKGROUNDS_ARRAY,
@@ -89,7 +90,7 @@ class AgentPolicy:
     """
 
     def __init__(self, run_dir: str | Path, state_based: bool, device: str = "auto") -> None:
-        from agents.evaluation import load_policy
+        from agents.builder import load_policy
 
         self.model = load_policy(run_dir, device=device)
         self.state_based = state_based
@@ -109,7 +110,7 @@ class AgentPolicy:
 def _agent_env(run_dir: Path, env_id: str, size: int | None) -> tuple[dict[str, Any], bool]:
     """The env kwargs of a run (rendering even if the run observed states) and whether its
     policy is state-based."""
-    from agents.training import read_run_config
+    from agents.runs import read_run_config
 
     config = read_run_config(run_dir)
     if config.env_id != env_id:
@@ -171,7 +172,7 @@ def capture_frame(
     names = base.cameras.names
     extra = {BACKGROUNDS_ARRAY: base.render_background()} if background else {}
     return {
-        "images": np.stack([observation[f"cam_{name}"] for name in names]),
+        "images": stack_views(observation, names),
         "intrinsics": info["camera_intrinsics"],
         "extrinsics": info["camera_extrinsics"],
         "keypoints_world": info["keypoints_world"],

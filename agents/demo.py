@@ -9,8 +9,9 @@ import gymnasium as gym
 import numpy as np
 
 import envs
-from agents.video import draw_points, keypoint_colors, upscale, write_video
-from envs.cameras import tile_views
+from agents.video.drawing import draw_points, keypoint_colors, upscale
+from agents.video.writer import write_video
+from envs.rendering import tile_views
 
 
 def annotate_views(

@@ -1,9 +1,11 @@
-"""The envs of a training run: camera matrices in the observation, vectorisation, reward scaling.
+"""The envs of a training run: the cameras a policy needs (:class:`CameraLayout`), camera
+matrices in the observation, vectorisation, reward scaling.
 
 Fixed cameras have constant matrices, which the features extractor holds as buffers (read once
 with :func:`camera_layout`). Moving cameras (``kp3d/Ant-v0``) change their extrinsics every step
-and report them only in ``info``; :class:`CameraMatricesObservation` moves them into the
-observation, so that they travel with the images through rollout and replay buffers.
+and report them only in ``info``; :class:`envs.observations.CameraMatricesObservation` moves them
+into the observation, so that they travel with the images through rollout and replay buffers.
+What an observation holds (keys, layout) is :mod:`envs.observations`'s.
 """
 
 from __future__ import annotations
@@ -20,70 +22,12 @@ from gymnasium import spaces
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize, VecTransposeImage
 
 from agents.checkpoints import load_vec_normalize
-
-EXTRINSICS_KEY = "camera_extrinsics"
-"""Observation key of the per-step world→camera matrices ``(C, 4, 4)`` (moving cameras)."""
-
-CAMERA_PREFIX = "cam_"
-"""Observation keys of camera images are ``cam_<name>``."""
-
-STATE_KEY = "state"
-"""Observation key of the proprioception."""
-
-
-class CameraMatricesObservation(gym.Wrapper, gym.utils.RecordConstructorArgs):
-    """Adds ``camera_extrinsics`` ``(C, 4, 4)`` float32, this step's world→camera matrices in
-    camera order, to a Dict observation, from ``info["camera_extrinsics"]``.
-
-    Use it when any camera moves (``env.unwrapped.cameras.moving``): the observation then carries
-    everything a perception module needs to lift its keypoints to the world frame.
-
-    Args:
-        env: an env with a Dict observation holding ``cam_<name>`` images, whose ``reset`` and
-            ``step`` put ``camera_extrinsics`` in ``info`` (every kp3d env does).
-
-    Raises:
-        TypeError: if the observation space is not a Dict with camera images.
-    """
-
-    def __init__(self, env: gym.Env) -> None:
-        gym.utils.RecordConstructorArgs.__init__(self)
-        gym.Wrapper.__init__(self, env)
-        space = env.observation_space
-        if not isinstance(space, spaces.Dict):
-            raise TypeError(
-                f"CameraMatricesObservation needs a Dict observation space; got {space}"
-            )
-        count = sum(key.startswith(CAMERA_PREFIX) for key in space.spaces)
-        if count == 0 or EXTRINSICS_KEY in space.spaces:
-            raise TypeError(
-                f"CameraMatricesObservation needs camera images ('cam_<name>') and no "
-                f"{EXTRINSICS_KEY!r} key yet; observation keys: {sorted(space.spaces)}"
-            )
-        self.observation_space = spaces.Dict(
-            {
-                **space.spaces,
-                EXTRINSICS_KEY: spaces.Box(-np.inf, np.inf, (count, 4, 4), np.float32),
-            }
-        )
-
-    def _with_matrices(self, observation: dict[str, Any], info: Mapping[str, Any]) -> dict:
-        if EXTRINSICS_KEY not in info:
-            raise KeyError(
-                f"info has no {EXTRINSICS_KEY!r}: CameraMatricesObservation needs an env that "
-                "reports its camera matrices every step (kp3d envs do)"
-            )
-        return {**observation, EXTRINSICS_KEY: np.asarray(info[EXTRINSICS_KEY], np.float32)}
-
-    def reset(
-        self, *, seed: int | None = None, options: dict[str, Any] | None = None
-    ) -> tuple[dict[str, Any], dict[str, Any]]:
-        observation, info = self.env.reset(seed=seed, options=options)
-        return self._with_matrices(observation, info), info
-
-    def step(self, action: Any) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:
-        observation, reward, terminated, truncated, info = self.env.step(action)
-        return self._with_matrices(observation, info), reward, terminated, truncated, info
+from envs.observations import (  # re-exported: agents read the keys from here or from envs
+    CAMERA_PREFIX,
+    EXTRINSICS_KEY,
+    STATE_KEY,
+    CameraMatricesObservation,
+)
 
 
 @dataclass(frozen=True)

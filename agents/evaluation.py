@@ -1,4 +1,6 @@
-"""Loading trained agents from run directories, evaluating them, and rollout videos."""
+"""Evaluating a trained agent: episodes on a fresh env seeded like the run's evaluations, their
+returns and success rate, and optionally a rollout video (``kp3d eval``). :func:`load` and
+:func:`load_policy` live in :mod:`agents.builder` and are re-exported here."""
 
 from __future__ import annotations
 
@@ -6,19 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from stable_baselines3.common.base_class import BaseAlgorithm
 
-from agents.builder import (
-    feature_encoder,
-    frozen_perception,
-    load_run_model,
-    make_run_env,
-    run_layout,
-)
+from agents.builder import feature_encoder, load, load_policy, make_run_env, run_layout
 from agents.checkpoints import VEC_NORMALIZE_FILE
-from agents.features import FeaturePolicy
-from agents.runs import set_torch_threads
-from agents.training import EVAL_SEED_OFFSET, read_run_config
+from agents.render import render_video
+from agents.runs import EVAL_SEED_OFFSET, read_run_config, set_torch_threads
 
 
 @dataclass(frozen=True)
@@ -78,40 +72,6 @@ class Evaluation:
         )
 
 
-def load(run_dir: str | Path, device: str = "auto", env: object | None = None) -> BaseAlgorithm:
-    """The agent of a run directory at its latest checkpoint.
-
-    Args:
-        run_dir: a directory written by :func:`agents.train`.
-        device: torch device.
-        env: optional vectorised env to attach (needed to continue training, not to act).
-
-    Nothing in the run directory is unpickled (:mod:`agents.checkpoints`).
-
-    Raises:
-        RunDirectoryError: if ``run_dir`` is not a run, has no checkpoint yet, or its checkpoint
-            does not fit its config.
-    """
-    path = Path(run_dir)
-    config = read_run_config(path)
-    layout = run_layout(config)
-    return load_run_model(config, path, layout, env=env, device=device)  # type: ignore[arg-type]
-
-
-def load_policy(run_dir: str | Path, device: str = "auto") -> BaseAlgorithm | FeaturePolicy:
-    """What acts on the env's raw observations for a run: its SB3 model, or, for a run whose
-    frozen perception runs outside the policy (``perception.freeze``), the model with that
-    perception in front (:class:`~agents.features.FeaturePolicy`)."""
-    model = load(run_dir, device=device)
-    config = read_run_config(run_dir)
-    if not frozen_perception(config):
-        return model
-    layout = run_layout(config)
-    encoder = feature_encoder(config, layout, Path(run_dir))
-    assert encoder is not None
-    return FeaturePolicy(model, encoder)
-
-
 def evaluate(
     run_dir: str | Path,
     episodes: int = 10,
@@ -169,9 +129,6 @@ def evaluate(
         env.close()
     written = None
     if video is not None:
-        # Imported here: agents.render loads agents with this module's load().
-        from agents.render import render_video
-
         written = render_video(
             path,
             video,

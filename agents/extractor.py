@@ -24,7 +24,7 @@ from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import nn
 
-from agents.environment import CAMERA_PREFIX, EXTRINSICS_KEY, STATE_KEY
+from envs.observations import CAMERA_PREFIX, EXTRINSICS_KEY, STATE_KEY
 from kp3d.perception import (
     Perception,
     PerceptionOutput,

@@ -25,7 +25,8 @@ from gymnasium import spaces
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 
-from agents.environment import CAMERA_PREFIX, EXTRINSICS_KEY, STATE_KEY, CameraLayout
+from agents.environment import CameraLayout
+from envs.observations import CAMERA_PREFIX, EXTRINSICS_KEY, STATE_KEY
 from kp3d.perception import Perception, PerceptionOutput, images_from_observation
 
 

@@ -16,8 +16,8 @@ from stable_baselines3.common.utils import explained_variance, obs_as_tensor
 from torch.nn import functional as F
 
 from agents.buffers import FrameBuffer
-from agents.environment import CAMERA_PREFIX, EXTRINSICS_KEY
 from agents.extractor import LossLog, PerceptionExtractor, perception_extractor
+from envs.observations import CAMERA_PREFIX, EXTRINSICS_KEY
 
 
 class PerceptionActorCriticPolicy(MultiInputActorCriticPolicy):

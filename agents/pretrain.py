@@ -50,27 +50,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from agents.config import (
     ConfigError,
-    PerceptionConfig,
     apply_overrides,
     dataclass_from_dict,
     parse_yaml,
     read_config_file,
 )
 from agents.config_checks import check_perception_choice
+from agents.pretrained import load_pretrained_weights, pretrained_perception  # re-exported
+from agents.probing import (  # re-exported
+    describe_probe,
+    detected_pixels,
+    encode,
+    evaluate_perception,
+    probe_features,
+    probe_table,
+)
 from agents.progress import progress_bar
 from agents.runs import lock_run_dir, quoted, resolve_device, writing_new_run
-from kp3d import geometry
 from kp3d.data import OPTIONAL_FIELDS, DatasetInfo, FrameDataset, read_info
 from kp3d.files import remove_stale_partials
-from kp3d.metrics import ProbeResult, image_side, length_in_pixels, linear_probe, pck
 from kp3d.perception import (
-    Perception,
-    PerceptionOutput,
     load_perception_checkpoint,
     make_perception,
     perception_class,
@@ -270,170 +273,7 @@ def label_kwargs(name: str, info: DatasetInfo) -> dict[str, Any]:
     return {key: value for key, value in known.items() if key in taken}
 
 
-# -- evaluation -----------------------------------------------------------------------------------
-
-
-def _evenly(count: int, limit: int) -> np.ndarray:
-    """At most ``limit`` indices spread evenly over ``range(count)``."""
-    return np.unique(np.linspace(0, count - 1, min(count, limit)).round().astype(np.int64))
-
-
-def probe_features(output: PerceptionOutput) -> torch.Tensor:
-    """``(B, F)`` what the linear probe reads: the flattened keypoints, then their confidence."""
-    parts = [output.keypoints.flatten(1)]
-    if output.confidence is not None:
-        parts.append(output.confidence.flatten(1))
-    return torch.cat(parts, dim=1)
-
-
-def detected_pixels(
-    module: Perception, output: PerceptionOutput, intrinsics: torch.Tensor, extrinsics: torch.Tensor
-) -> torch.Tensor:
-    """``(B, C, K', 2)`` the module's per-view predictions, for PCK: its ``detections`` when it
-    reports them, else its world keypoints projected into every view, else its image keypoints
-    per view. They count for PCK only where ``K'`` is the dataset's number of keypoints."""
-    if output.visuals.detections is not None:
-        return output.visuals.detections
-    if module.keypoint_frame == "world":
-        pixels, _ = geometry.project(output.keypoints[:, None], intrinsics, extrinsics)
-        return pixels
-    return output.keypoints.reshape(*intrinsics.shape[:2], -1, 2)
-
-
-@torch.no_grad()
-def encode(
-    module: Perception,
-    dataset: FrameDataset,
-    indices: np.ndarray,
-    device: torch.device,
-    batch_size: int,
-) -> dict[str, np.ndarray]:
-    """Run ``module`` (in eval mode) on frames of ``dataset``: probe features, 3D keypoints and
-    per-view pixels (see :func:`detected_pixels`), with the frames' ground truth."""
-    was_training = module.training
-    module.eval()
-    collected: dict[str, list[np.ndarray]] = defaultdict(list)
-    try:
-        for start in range(0, len(indices), batch_size):
-            batch = dataset.frames(indices[start : start + batch_size]).to(device)
-            output = module(batch.images, batch.intrinsics, batch.extrinsics, compute_losses=False)
-            collected["features"].append(probe_features(output).cpu().numpy())
-            collected["keypoints"].append(output.keypoints.cpu().numpy())
-            pixels = detected_pixels(module, output, batch.intrinsics, batch.extrinsics)
-            collected["pixels"].append(pixels.cpu().numpy())
-            for name in ("keypoints_world", "keypoints_pixels", "keypoints_visible"):
-                collected[name].append(getattr(batch, name).cpu().numpy())
-            _, depth = geometry.project(
-                batch.keypoints_world[:, None], batch.intrinsics, batch.extrinsics
-            )
-            collected["depth"].append(depth.cpu().numpy())
-            collected["focal"].append(batch.intrinsics[..., 0, 0].cpu().numpy())
-    finally:
-        module.train(was_training)
-    return {name: np.concatenate(values) for name, values in collected.items()}
-
-
-def evaluate_perception(
-    module: Perception,
-    train_set: FrameDataset,
-    test_set: FrameDataset,
-    config: PretrainConfig,
-    device: torch.device,
-) -> dict[str, Any]:
-    """Held-out metrics of ``module`` (see the module docstring).
-
-    Returns:
-        ``probe_per_keypoint`` (for every ground-truth keypoint by name: ``r2``, the R² of its
-        worst varying coordinate, or ``None`` for a keypoint that never moves, and ``error_m``,
-        its mean error in metres), ``probe_error`` (normalised by the env's length),
-        ``probe_error_m``, ``probe_error_per_keypoint`` and ``probe_r2_pooled`` (over every
-        coordinate of every keypoint: not a measure of whether each keypoint is carried, see
-        :class:`kp3d.metrics.ProbeResult`); for labelled modules also ``pck@<a>`` (image side),
-        ``pck@<a>L`` (normalising length), their per-keypoint lists, and ``keypoint_error`` /
-        ``keypoint_error_m`` when the module outputs the env's keypoints in 3D.
-    """
-    info = test_set.info
-    length = info.normalising_length
-    train_codes = encode(
-        module,
-        train_set,
-        _evenly(len(train_set), config.eval_frames),
-        device,
-        config.eval_batch_size,
-    )
-    test_codes = encode(
-        module, test_set, _evenly(len(test_set), config.eval_frames), device, config.eval_batch_size
-    )
-    probe = linear_probe(
-        train_codes["features"],
-        train_codes["keypoints_world"],
-        test_codes["features"],
-        test_codes["keypoints_world"],
-        length,
-    )
-    metrics: dict[str, Any] = {
-        "probe_per_keypoint": probe_table(probe, info.keypoint_names),
-        "probe_error": probe.error,
-        "probe_error_m": probe.error_m,
-        "probe_error_per_keypoint": probe.error_per_keypoint.tolist(),
-        "probe_r2_pooled": probe.r2,
-    }
-    if not module.requires_labels:
-        return metrics
-    truth = test_codes["keypoints_pixels"]
-    if test_codes["pixels"].shape == truth.shape:
-        visible = test_codes["keypoints_visible"]
-        for alpha in config.pck_alphas:
-            result = pck(test_codes["pixels"], truth, visible, alpha, image_side(*info.image_size))
-            metrics[f"pck@{alpha:g}"] = result.mean
-            metrics[f"pck@{alpha:g}_per_keypoint"] = result.per_keypoint.tolist()
-        if length is not None:
-            reference = length_in_pixels(
-                length, test_codes["depth"], test_codes["focal"][..., None]
-            )
-            for alpha in config.pck_length_alphas:
-                result = pck(test_codes["pixels"], truth, visible, alpha, reference)
-                metrics[f"pck@{alpha:g}L"] = result.mean
-                metrics[f"pck@{alpha:g}L_per_keypoint"] = result.per_keypoint.tolist()
-    world = test_codes["keypoints_world"]
-    if module.keypoint_frame == "world" and test_codes["keypoints"].shape == world.shape:
-        distances = np.linalg.norm(test_codes["keypoints"] - world, axis=-1)
-        metrics["keypoint_error_m"] = float(distances.mean())
-        metrics["keypoint_error"] = float(distances.mean() / (length or 1.0))
-    return metrics
-
-
 # -- the run --------------------------------------------------------------------------------------
-
-
-def probe_table(probe: ProbeResult, names: Sequence[str]) -> dict[str, dict[str, float | None]]:
-    """``{keypoint: {"r2": worst-axis R² or None, "error_m": mean error}}`` of a linear probe."""
-    return {
-        name: {
-            "r2": None if np.isnan(r2) else float(r2),
-            "error_m": float(error),
-        }
-        for name, r2, error in zip(
-            names, probe.r2_per_keypoint, probe.error_m_per_keypoint, strict=True
-        )
-    }
-
-
-def describe_probe(first: dict[str, Any], last: dict[str, Any]) -> str:
-    """A table of two evaluations' probes (e.g. the untrained and the trained network): per
-    ground-truth keypoint, the held-out R² of its worst axis and the mean error in cm."""
-
-    def cell(entry: dict[str, Any]) -> str:
-        r2 = "    —" if entry["r2"] is None else f"{entry['r2']:6.3f}"
-        return f"{r2} {100 * entry['error_m']:6.1f} cm"
-
-    lines = [
-        f"  {'keypoint':>16}  {'step ' + str(first['step']):>16}  {'step ' + str(last['step']):>16}"
-    ]
-    for name, entry in last.get("probe_per_keypoint", {}).items():
-        before = first["probe_per_keypoint"][name]
-        lines.append(f"  {name:>16}  {cell(before):>16}  {cell(entry):>16}")
-    return "\n".join(lines)
 
 
 def _new_run_dir(config: PretrainConfig, info: DatasetInfo, run_dir: str | Path | None) -> Path:
@@ -563,7 +403,16 @@ def _train(config: PretrainConfig, run_dir: Path, resuming: bool) -> Path:
 
     def evaluate() -> None:
         nonlocal last_metrics
-        last_metrics = evaluate_perception(module, train_set, test_set, config, device)
+        last_metrics = evaluate_perception(
+            module,
+            train_set,
+            test_set,
+            device,
+            frames=config.eval_frames,
+            batch_size=config.eval_batch_size,
+            pck_alphas=config.pck_alphas,
+            pck_length_alphas=config.pck_length_alphas,
+        )
         with open(run_dir / EVALUATIONS_FILE, "a") as file:
             file.write(json.dumps({"step": step, **last_metrics}) + "\n")
         for key, value in last_metrics.items():
@@ -645,94 +494,6 @@ def _train(config: PretrainConfig, run_dir: Path, resuming: bool) -> Path:
 def _last_line(path: Path) -> str:
     lines = path.read_text().strip().splitlines() if path.is_file() else []
     return lines[-1] if lines else '{"step": -1}'
-
-
-# -- pretrained perceptions under agents -----------------------------------------------------------
-
-
-def pretrained_perception(
-    perception: PerceptionConfig, camera_names: Sequence[str], image_size: Sequence[int]
-) -> dict[str, Any]:
-    """The checkpoint of ``perception.pretrained``, checked against the agent's config and env.
-
-    Args:
-        perception: the agent config's ``perception`` section (``pretrained`` set).
-        camera_names: the env's camera order.
-        image_size: ``(H, W)`` of the env's views.
-
-    Returns:
-        The payload of :func:`kp3d.perception.load_perception_checkpoint` (``kwargs`` are the
-        module's hyperparameters, ``state_dict`` its weights).
-
-    Raises:
-        ConfigError: for a missing or unreadable file, or a checkpoint whose method, camera
-            layout or hyperparameters differ from the config's and env's (the message lists
-            every difference).
-    """
-    path = perception.pretrained
-    if path is None:
-        raise ConfigError("'perception.pretrained' is not set")
-    try:
-        payload = load_perception_checkpoint(path)
-    except (FileNotFoundError, ValueError) as error:
-        raise ConfigError(f"'perception.pretrained': {error}") from None
-    differences = []
-    if payload["name"] != perception.name:
-        differences.append(
-            f"method: the checkpoint holds {payload['name']!r}, perception.name is "
-            f"{perception.name!r}"
-        )
-    if payload["num_cameras"] != len(camera_names):
-        differences.append(
-            f"cameras: the checkpoint has {payload['num_cameras']}, the env {len(camera_names)}"
-        )
-    if tuple(payload["image_size"]) != tuple(image_size):
-        differences.append(
-            f"image size: the checkpoint's is {tuple(payload['image_size'])}, the env's "
-            f"{tuple(image_size)}"
-        )
-    names = payload["extra"].get("camera_names")
-    if (
-        names is not None
-        and len(names) == len(camera_names)
-        and tuple(names) != tuple(camera_names)
-    ):
-        differences.append(
-            f"camera names: the checkpoint's are {list(names)}, the env's {list(camera_names)}"
-        )
-    # The checkpoint stores initialisation files as None (Perception.initialisation_files): a
-    # config that still names the file agrees with it.
-    try:
-        files = set(perception_class(payload["name"]).initialisation_files)
-    except ValueError:  # an unknown method: reported below as a difference of method
-        files = set()
-    if perception.kwargs and {
-        key: value for key, value in perception.kwargs.items() if key not in files
-    } != {key: value for key, value in payload["kwargs"].items() if key not in files}:
-        differences.append(
-            f"kwargs: the checkpoint's are {payload['kwargs']}, perception.kwargs are "
-            f"{perception.kwargs} (leave perception.kwargs empty to use the checkpoint's)"
-        )
-    if differences:
-        raise ConfigError(
-            f"'perception.pretrained' {path} does not fit this run: " + "; ".join(differences)
-        )
-    return payload
-
-
-def load_pretrained_weights(policy: torch.nn.Module, payload: dict[str, Any]) -> int:
-    """Copy the checkpoint's weights into every perception extractor of ``policy`` (SAC's target
-    critic keeps its own copy); return how many were loaded."""
-    from agents.extractor import PerceptionExtractor
-
-    count = 0
-    for module in policy.modules():
-        if isinstance(module, PerceptionExtractor):
-            module.perception.load_state_dict(payload["state_dict"])
-            count += 1
-    if count == 0:
-        raise ValueError("the policy has no perception extractor to load pretrained weights into")
-    return count
 
 
 __all__ = [

@@ -22,13 +22,25 @@ from pathlib import Path
 import torch
 from stable_baselines3.common.logger import Logger, make_output_format
 
-from agents.config import ConfigError
+from agents.config import ConfigError, TrainConfig, config_from_dict, parse_yaml
 
 LOG_DIR = "logs"
 """Logs of a run (CSV, TensorBoard), below its directory."""
 
 MODEL_FILE = "model.zip"
 """A training run's latest checkpoint (:mod:`agents.checkpoints`)."""
+
+CONFIG_FILE = "config.yaml"
+"""A run's resolved config (every field)."""
+
+EVAL_DIR = "eval"
+"""Periodic evaluations of a run (``evaluations.npz``)."""
+
+VIDEO_DIR = "videos"
+"""Rollout videos of a run."""
+
+EVAL_SEED_OFFSET = 10_000
+"""The evaluation env's seed is the run's seed plus this, away from the training envs' seeds."""
 
 LOCK_FILE = ".lock"
 """Held (``flock``) by the process writing a run; it holds that process's id."""
@@ -131,6 +143,26 @@ def writing_new_run(path: Path, checkpoint: str) -> Iterator[None]:
         raise
 
 
+def read_run_config(run_dir: str | Path) -> TrainConfig:
+    """The resolved config of a run directory.
+
+    Raises:
+        RunDirectoryError: if there is no readable, valid ``config.yaml``.
+    """
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise RunDirectoryError(f"{str(run_dir)!r} is not a kp3d run directory (no {CONFIG_FILE})")
+    try:
+        data = parse_yaml(path.read_text(), "it")
+        if not isinstance(data, dict):
+            raise ConfigError("it is not a mapping")
+        return config_from_dict(data)
+    except (ConfigError, OSError, UnicodeDecodeError) as error:
+        raise RunDirectoryError(
+            f"cannot read the run's config {str(path)!r}: {error}; the run's files are untouched"
+        ) from None
+
+
 def make_logger(run_dir: Path, verbose: int, suffix: str) -> Logger:
     """SB3 logger of a run: CSV (and TensorBoard when installed) in ``run_dir/logs``, stdout when
     ``verbose``; file names end with ``suffix``."""
@@ -207,9 +239,13 @@ def _warn_no_cuda(device: str) -> None:
 
 
 __all__ = [
+    "CONFIG_FILE",
+    "EVAL_DIR",
+    "EVAL_SEED_OFFSET",
     "LOCK_FILE",
     "LOG_DIR",
     "MODEL_FILE",
+    "VIDEO_DIR",
     "RunDirectoryError",
     "check_new_run_dir",
     "keep_freed_memory",
@@ -217,6 +253,7 @@ __all__ = [
     "make_logger",
     "new_run_dir",
     "quoted",
+    "read_run_config",
     "resolve_device",
     "set_torch_threads",
     "writing_new_run",

@@ -48,6 +48,7 @@ from agents.builder import (
     run_layout,
     sac_arguments,
 )
+from agents.callbacks import VideoCallback
 from agents.checkpoints import (
     REPLAY_BUFFER_FILE,
     VEC_NORMALIZE_FILE,
@@ -62,29 +63,29 @@ from agents.config import (
     apply_overrides,
     config_from_dict,
     config_to_dict,
-    parse_yaml,
     save_config,
 )
 from agents.config_checks import check_config
 from agents.environment import CameraLayout
-from agents.runs import (
+from agents.runs import (  # the names kept in this module's namespace are re-exported
+    CONFIG_FILE,
+    EVAL_DIR,
+    EVAL_SEED_OFFSET,
     LOG_DIR,
     MODEL_FILE,
+    VIDEO_DIR,
     RunDirectoryError,
     check_new_run_dir,
     lock_run_dir,
     make_logger,
     new_run_dir,
     quoted,
+    read_run_config,
     set_torch_threads,
     writing_new_run,
 )
 from kp3d.files import remove_stale_partials
 from kp3d.interrupts import DeferredInterrupt
-
-CONFIG_FILE = "config.yaml"
-EVAL_DIR = "eval"
-VIDEO_DIR = "videos"
 
 RESUMABLE_KEYS = (
     "n_timesteps",
@@ -97,9 +98,6 @@ RESUMABLE_KEYS = (
     "verbose",
 )
 """Config keys a resumed run may change (``--set``); the others define the agent."""
-
-EVAL_SEED_OFFSET = 10_000
-"""The evaluation env's seed is the run's seed plus this, away from the training envs' seeds."""
 
 
 class StopOnInterrupt(BaseCallback):
@@ -168,26 +166,6 @@ class CheckpointCallback(BaseCallback):
             self._saved_at = self.num_timesteps // self.freq
             save_checkpoint(self.model, self.run_dir, self.replay_buffer)
         return True
-
-
-def read_run_config(run_dir: str | Path) -> TrainConfig:
-    """The resolved config of a run directory.
-
-    Raises:
-        RunDirectoryError: if there is no readable, valid ``config.yaml``.
-    """
-    path = Path(run_dir) / CONFIG_FILE
-    if not path.is_file():
-        raise RunDirectoryError(f"{str(run_dir)!r} is not a kp3d run directory (no {CONFIG_FILE})")
-    try:
-        data = parse_yaml(path.read_text(), "it")
-        if not isinstance(data, dict):
-            raise ConfigError("it is not a mapping")
-        return config_from_dict(data)
-    except (ConfigError, OSError, UnicodeDecodeError) as error:
-        raise RunDirectoryError(
-            f"cannot read the run's config {str(path)!r}: {error}; the run's files are untouched"
-        ) from None
 
 
 def _progress_bar_available() -> bool:
@@ -348,10 +326,6 @@ def _learn(config: TrainConfig, run_dir: Path, layout: CameraLayout | None, resu
                 _restore_evaluations(evaluation, run_dir / EVAL_DIR / "evaluations.npz")
             callbacks.append(evaluation)
         if config.video.freq > 0:
-            # Imported here: agents.render loads agents through agents.evaluation, which
-            # imports this module.
-            from agents.render import VideoCallback
-
             callbacks.append(
                 VideoCallback(
                     run_dir,

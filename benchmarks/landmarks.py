@@ -51,7 +51,7 @@ def run_method(method: str, args: argparse.Namespace) -> dict:
     command = [
         sys.executable,
         "-m",
-        "kp3d.cli",
+        "agents.cli",
         "pretrain",
         str(config),
         "--run-dir",

@@ -18,6 +18,7 @@ import numpy as np
 
 from envs.cameras import Cameras, CameraSpec
 from envs.keypoints import Keypoints, KeypointSpec
+from envs.observations import STATE_KEY, camera_key
 from envs.rendering import MultiViewRenderer, tile_views
 
 ObsMode = Literal["pixels", "state"]
@@ -141,11 +142,11 @@ class MultiCameraMujocoEnv(gym.Env, abc.ABC):
         else:
             height, width = self.cameras.height, self.cameras.width
             spaces: dict[str, gym.Space] = {
-                f"cam_{name}": gym.spaces.Box(0, 255, (height, width, 3), np.uint8)
+                camera_key(name): gym.spaces.Box(0, 255, (height, width, 3), np.uint8)
                 for name in self.cameras.names
             }
             low_state, high_state = self.proprioception_bounds()
-            spaces["state"] = gym.spaces.Box(
+            spaces[STATE_KEY] = gym.spaces.Box(
                 low_state.astype(np.float32), high_state.astype(np.float32), dtype=np.float32
             )
             self.observation_space = gym.spaces.Dict(spaces)
@@ -346,8 +347,8 @@ class MultiCameraMujocoEnv(gym.Env, abc.ABC):
             return self.state_observation()
         images = self.render_views()
         self._last_images = images
-        observation = {f"cam_{name}": images[i] for i, name in enumerate(self.cameras.names)}
-        observation["state"] = self.proprioception()
+        observation = {camera_key(name): images[i] for i, name in enumerate(self.cameras.names)}
+        observation[STATE_KEY] = self.proprioception()
         return observation
 
 

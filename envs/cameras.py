@@ -24,19 +24,14 @@ import mujoco
 import numpy as np
 
 from envs import compat
-from envs.rendering import HIDDEN_GROUP, VISIBLE_GROUPS, MultiViewRenderer, tile_views
 from kp3d import geometry
 
-__all__ = [  # the renderer's names are also importable from here, where they used to live
-    "HIDDEN_GROUP",
-    "VISIBLE_GROUPS",
+__all__ = [
     "CameraSpec",
     "Cameras",
-    "MultiViewRenderer",
     "gl_camera_matrices",
     "look_at_free_camera",
     "parse_size",
-    "tile_views",
 ]
 
 CameraKind = Literal["named", "free", "tracking"]
@@ -213,10 +208,10 @@ def gl_camera_matrices(
     ``mjr_render`` applies ``glFrustum(center ± halfwidth, bottom, top, near, far)`` with
     ``halfwidth = frustum_width / 2`` when the camera sets a width, else
     ``aspect * (top - bottom) / 2`` for the viewport's aspect ratio; the view matrix looks from
-    ``pos`` along ``forward`` with ``up``. In pixels with the origin at the top-left corner:
-    ``u = (near * x / z - left) * W / (right - left)`` and ``v = (top - near * y_up / z) * H /
-    (top - bottom)``, which gives the pinhole matrix below with OpenCV axes (x right, y = -up,
-    z = forward).
+    ``pos`` along ``forward`` with ``up`` (:func:`kp3d.geometry.look_at`). In pixels with the
+    origin at the top-left corner: ``u = (near * x / z - left) * W / (right - left)`` and
+    ``v = (top - near * y_up / z) * H / (top - bottom)``, which gives the pinhole matrix below
+    with OpenCV axes (x right, y = -up, z = forward).
 
     Args:
         gl_camera: the (averaged) GL camera.
@@ -242,16 +237,10 @@ def gl_camera_matrices(
             [0.0, 0.0, 1.0],
         ]
     )
+    # The view matrix of glFrustum's camera: from pos along forward, with up up in the image.
+    position = np.asarray(gl_camera.pos, dtype=np.float64)
     forward = np.asarray(gl_camera.forward, dtype=np.float64)
-    up = np.asarray(gl_camera.up, dtype=np.float64)
-    forward /= np.linalg.norm(forward)
-    right = np.cross(forward, up)
-    right /= np.linalg.norm(right)
-    down = np.cross(forward, right)
-    rotation = np.stack([right, down, forward])
-    extrinsics = np.eye(4)
-    extrinsics[:3, :3] = rotation
-    extrinsics[:3, 3] = -rotation @ np.asarray(gl_camera.pos, dtype=np.float64)
+    extrinsics = geometry.look_at(position, position + forward, gl_camera.up)
     return intrinsics, extrinsics
 
 

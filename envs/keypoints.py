@@ -14,6 +14,7 @@ import numpy as np
 from envs import compat
 from envs.cameras import Cameras
 from envs.ground_truth import Deferred, GroundTruthInfo
+from envs.observations import EXTRINSICS_KEY, INTRINSICS_KEY
 from envs.rendering import VISIBLE_GROUPS
 from kp3d import geometry
 
@@ -182,8 +183,8 @@ class Keypoints:
             "keypoints_pixels": pixels,
             "keypoints_depth": depth,
             "keypoints_visible": visible,
-            "camera_intrinsics": intrinsics,
-            "camera_extrinsics": extrinsics,
+            INTRINSICS_KEY: intrinsics,
+            EXTRINSICS_KEY: extrinsics,
         }
 
     def deferred_ground_truth(
@@ -198,8 +199,8 @@ class Keypoints:
         state whenever they are read (as long as the model's geometry is not edited meanwhile).
         """
         values = dict(info) if info else {}
-        values["camera_intrinsics"] = cameras.intrinsics
-        values["camera_extrinsics"] = cameras.extrinsics
+        values[INTRINSICS_KEY] = cameras.intrinsics
+        values[EXTRINSICS_KEY] = cameras.extrinsics
         compute = functools.partial(
             self._deferred_values,
             (data.qpos.copy(), data.mocap_pos.copy(), data.mocap_quat.copy()),

@@ -12,6 +12,7 @@ import numpy as np
 from envs.base import validate_action
 from envs.cameras import Cameras, CameraSpec, parse_size
 from envs.keypoints import Keypoints
+from envs.observations import STATE_KEY, camera_key
 from envs.rendering import MultiViewRenderer, tile_views
 
 _MOVING_ROOT_JOINTS = (mujoco.mjtJoint.mjJNT_FREE, mujoco.mjtJoint.mjJNT_SLIDE)
@@ -145,12 +146,12 @@ class MultiCameraWrapper(gym.Wrapper):
         self._last_images: np.ndarray | None = None
         height, width = self.cameras.height, self.cameras.width
         spaces: dict[str, gym.Space] = {
-            f"cam_{name}": gym.spaces.Box(0, 255, (height, width, 3), np.uint8)
+            camera_key(name): gym.spaces.Box(0, 255, (height, width, 3), np.uint8)
             for name in self.cameras.names
         }
         inner = env.observation_space
         inner_spaces = (
-            dict(inner.spaces) if isinstance(inner, gym.spaces.Dict) else {"state": inner}
+            dict(inner.spaces) if isinstance(inner, gym.spaces.Dict) else {STATE_KEY: inner}
         )
         clash = sorted(set(spaces) & set(inner_spaces))
         if clash:
@@ -216,11 +217,11 @@ class MultiCameraWrapper(gym.Wrapper):
             self.cameras.update(self._data, only_moving=not full_update)
         images = self._renderer_or_new().render(self._data)
         self._last_images = images
-        wrapped = {f"cam_{name}": images[i] for i, name in enumerate(self.cameras.names)}
+        wrapped = {camera_key(name): images[i] for i, name in enumerate(self.cameras.names)}
         if isinstance(observation, dict):
             wrapped.update(observation)
         else:
-            wrapped["state"] = observation
+            wrapped[STATE_KEY] = observation
         return wrapped, self.keypoints.deferred_ground_truth(self._data, self.cameras, info)
 
     def reset(

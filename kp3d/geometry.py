@@ -1,7 +1,8 @@
 """The one camera convention of kp3d: pinhole projection and unprojection.
 
 Every module of the package (the environments' ground truth, the perception modules, the video
-renderer) projects and unprojects through these functions; nobody re-derives them.
+renderer) projects, unprojects and aims look-at cameras (:func:`look_at`) through these
+functions; nobody re-derives them.
 
 Convention (OpenCV):
 
@@ -228,6 +229,60 @@ def camera_centers(extrinsics: Array) -> Array:
     """
     _check_matrices(extrinsics, "extrinsics", 4)
     return camera_to_world(extrinsics[..., None, :3, 3] * 0.0, extrinsics)[..., 0, :]
+
+
+def look_at(
+    eye: np.ndarray, target: np.ndarray, up: np.ndarray | tuple[float, float, float] = (0, 0, 1)
+) -> np.ndarray:
+    """World→camera extrinsics of a camera at ``eye`` looking at ``target``, with ``up`` pointing
+    up in the image: the one route from a camera's position and aim to its matrix.
+
+    The rotation's rows are the camera's axes in world coordinates: ``forward`` (z) is the unit
+    vector from ``eye`` to ``target``, ``right`` (x) is ``forward x up`` normalised, and ``down``
+    (y) is ``forward x right``; the translation is ``-R @ eye``. ``up`` need not be perpendicular
+    to the view direction, only not parallel to it. One camera, NumPy only (placing a camera is
+    not a differentiable step).
+
+    Args:
+        eye: ``(3,)`` camera centre in world coordinates.
+        target: ``(3,)`` point looked at (it projects onto the principal point).
+        up: ``(3,)`` world direction shown up in the image (default: world z).
+
+    Returns:
+        ``(4, 4)`` float64 world→camera transform (:func:`camera_centers` gives ``eye`` back).
+
+    Raises:
+        ValueError: if ``eye`` equals ``target`` or the view direction is parallel to ``up``.
+
+    Example:
+        >>> T = look_at(np.array([0.0, -2.0, 0.0]), np.zeros(3))  # from -y, looking along +y
+        >>> T[:3, :3]  # rows: right = +x, down = -z, forward = +y
+        array([[ 1.,  0.,  0.],
+               [ 0.,  0., -1.],
+               [ 0.,  1.,  0.]])
+        >>> T[:3, 3]
+        array([0., 0., 2.])
+    """
+    eye = np.asarray(eye, dtype=np.float64)
+    target = np.asarray(target, dtype=np.float64)
+    up = np.asarray(up, dtype=np.float64)
+    for array, name in ((eye, "eye"), (target, "target"), (up, "up")):
+        if array.shape != (3,):
+            raise ValueError(f"{name} must have shape (3,); got {array.shape}")
+    forward = target - eye
+    norm = np.linalg.norm(forward)
+    if norm == 0:
+        raise ValueError("look_at needs eye and target apart")
+    forward /= norm
+    right = np.cross(forward, up)
+    if np.linalg.norm(right) < 1e-9:
+        raise ValueError(f"the view direction {forward} is parallel to up {up}")
+    right /= np.linalg.norm(right)
+    down = np.cross(forward, right)
+    extrinsics = np.eye(4)
+    extrinsics[:3, :3] = np.stack([right, down, forward])
+    extrinsics[:3, 3] = -extrinsics[:3, :3] @ eye
+    return extrinsics
 
 
 def _where(condition: Array, a: Array | float, b: Array | float) -> Array:

@@ -13,7 +13,7 @@ import envs
 
 def _kp3d(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "kp3d.cli", *args],
+        [sys.executable, "-m", "agents.cli", *args],
         capture_output=True,
         text=True,
         timeout=300,

@@ -22,6 +22,13 @@ Importing this package registers every method shipped with kp3d:
 
 Any of them trains offline with ``kp3d pretrain`` (:meth:`Perception.training_losses`), sits under
 an agent (jointly trained, or pretrained and frozen) and is drawn by ``kp3d render``.
+
+Layout: a method is one module named after it that registers its class (``openpose.py``); a method
+too large for one file keeps its class there and puts its parts beside it under its name
+(``openpose_fields.py``, ``openpose_assembly.py``, ``openpose_evaluation.py``; ``d2net_*``,
+``selftrain_*``). What several methods share has a module named for what it is: ``base`` (the
+interface and registry), ``coordinates``, ``image_keypoints``, ``layers``, ``equivariance``,
+``keypoint_autoencoder``.
 """
 
 from kp3d.perception.autolink import AutoLink

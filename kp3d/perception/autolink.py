@@ -57,7 +57,8 @@ from kp3d.perception.base import (
     check_positive_ints,
     register_perception,
 )
-from kp3d.perception.keypoint2d import image_keypoint_output, normalized_coordinates
+from kp3d.perception.coordinates import normalized_coordinates
+from kp3d.perception.image_keypoints import image_keypoint_output
 from kp3d.perception.layers import conv_relu
 from kp3d.spatial import EPS, cell_centers, heatmap_to_image, soft_argmax, spatial_softmax
 

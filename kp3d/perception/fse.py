@@ -21,7 +21,7 @@ The total auxiliary loss is ``equivariance_weight · L_align + diversity_weight 
 Every view is processed alone (the ``C`` views of a sample are folded into the batch, one
 detector shared by all cameras): ``keypoint_frame = "image"``, the keypoints are ``C·K``
 full-image pixels, camera-major. The policy features are the keypoints in normalised image
-coordinates (:func:`~kp3d.perception.keypoint2d.normalized_coordinates`): ``2 C K`` values.
+coordinates (:func:`~kp3d.perception.coordinates.normalized_coordinates`): ``2 C K`` values.
 
 The losses come from :meth:`FactorizedSpatialEmbeddings.forward` (with ``compute_losses=True``),
 so the method trains the same way jointly with RL and offline (``kp3d pretrain``, through the
@@ -49,13 +49,14 @@ from kp3d.perception.base import (
     check_positive_ints,
     register_perception,
 )
+from kp3d.perception.coordinates import normalized_coordinates
 from kp3d.perception.equivariance import (
     WarpedPair,
     equivariance_loss,
     inside_image,
     warp_generator,
 )
-from kp3d.perception.keypoint2d import image_keypoint_output, normalized_coordinates
+from kp3d.perception.image_keypoints import image_keypoint_output
 from kp3d.perception.layers import ConvLayer, ConvStack
 from kp3d.spatial import heatmap_to_image, soft_argmax, spatial_softmax
 

@@ -35,7 +35,7 @@ neighbours, exact for a Gaussian bump), mapped to full-image pixels in the conve
 
 **As an agent's perception**: with ``triangulate=False`` (default, ``keypoint_frame = "image"``)
 the features are ``[u, v, peak]`` per camera and keypoint, camera-major, with ``(u, v)`` in
-``[-1, 1]`` (:func:`~kp3d.perception.keypoint2d.normalized_coordinates`): ``3 C K`` values.
+``[-1, 1]`` (:func:`~kp3d.perception.coordinates.normalized_coordinates`): ``3 C K`` values.
 With ``triangulate=True`` (``keypoint_frame = "world"``) the ``K`` keypoints are triangulated into
 the world frame by confidence-weighted DLT (:func:`kp3d.geometry.triangulate`) with the peak
 values as weights (clamped to ``min_weight`` so that every view keeps a vote and a point is
@@ -64,7 +64,7 @@ from kp3d.perception.base import (
     check_positive_ints,
     register_perception,
 )
-from kp3d.perception.keypoint2d import normalized_coordinates
+from kp3d.perception.coordinates import normalized_coordinates
 from kp3d.spatial import gaussian_maps, heatmap_to_image, image_to_heatmap
 
 HEATMAP_EPS = 1e-8

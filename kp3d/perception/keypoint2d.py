@@ -19,7 +19,8 @@ The views are never related to each other: the camera matrices are accepted (and
 that an agent treats every perception module alike, but play no part.
 
 The policy features are ``[u, v, A]`` per camera and keypoint, camera-major, with ``(u, v)``
-normalised to ``[-1, 1]`` by the image size (:func:`normalized_coordinates`): ``3 C K`` values.
+normalised to ``[-1, 1]`` by the image size
+(:func:`~kp3d.perception.coordinates.normalized_coordinates`): ``3 C K`` values.
 
 The reference code has a 2D mode that does not run (a shape mismatch); this module is built on
 the same, tested machinery as :class:`~kp3d.perception.Keypoint3D` instead.
@@ -32,85 +33,19 @@ from typing import Any
 
 import torch
 
-from kp3d.perception.base import (
-    PerceptionOutput,
-    PerceptionVisuals,
-    check_positive,
-    register_perception,
-)
+from kp3d.perception.base import PerceptionOutput, check_positive, register_perception
+from kp3d.perception.coordinates import normalized_coordinates  # also re-exported, one release
 from kp3d.perception.keypoint_autoencoder import (
     KeypointAutoencoder,
     attention_entropy,
     separation_loss,
 )
-from kp3d.spatial import rescale_pixels
 
 IMAGE_SEPARATION_SCALE = 100.0
 """``1 / (100 d² + 1)`` with ``d`` in normalised image coordinates (``[-1, 1]`` across the
 image): the separation penalty halves at ``d = 0.1``, 5 % of the image's width (3.2 px at 64 px,
 under one 4 px heatmap cell). Keypoint3D's 3 cm (``scale`` 1000 in metres) is about the same
 fraction, 4 %, of the view of the envs' default camera (45° field of view, 1 m away)."""
-
-
-def normalized_coordinates(pixels: torch.Tensor, image_size: Sequence[int]) -> torch.Tensor:
-    """Pixels → coordinates in ``[-1, 1]`` across the image: ``2 u / W - 1``, ``2 v / H - 1``.
-
-    The image's top-left corner ``(0, 0)`` maps to ``(-1, -1)`` and its bottom-right corner
-    ``(W, H)`` to ``(1, 1)``; ``u`` still points right and ``v`` down.
-
-    Args:
-        pixels: ``(*, 2)`` full-image pixels ``(u, v)`` (:mod:`kp3d.geometry` convention).
-        image_size: ``(H, W)``.
-
-    Returns:
-        ``(*, 2)`` normalised coordinates.
-    """
-    return rescale_pixels(pixels, from_size=tuple(image_size), to_size=2) - 1.0
-
-
-def image_keypoint_output(
-    pixels: torch.Tensor,
-    heatmaps: torch.Tensor,
-    num_cameras: int,
-    image_size: Sequence[int],
-    losses: dict[str, torch.Tensor],
-    *,
-    confidence: torch.Tensor | None = None,
-    reconstructions: torch.Tensor | None = None,
-) -> PerceptionOutput:
-    """The output of a method that finds ``K`` keypoints in each view independently, its ``C``
-    cameras folded into the batch (``N = B C``, camera-minor): ``features (B, 2 C K)`` the
-    keypoints' :func:`normalized_coordinates` (camera-major, gradients flowing), ``keypoints
-    (B, C K, 2)`` the pixels, and visuals drawing the (detached) pixels as both the points and
-    the detections, with the heatmaps and reconstructions unfolded to ``(B, C, ...)``.
-
-    Args:
-        pixels: ``(N, K, 2)`` full-image pixels.
-        heatmaps: ``(N, K, S_h, S_w)`` (each sums to 1) for the video.
-        num_cameras: ``C``.
-        image_size: ``(H, W)``.
-        losses: the weighted auxiliary losses.
-        confidence: ``(N, K)``, or ``None``.
-        reconstructions: ``(N, 3, h, w)`` decoded views, or ``None``.
-    """
-    count = num_cameras
-    batch = pixels.shape[0] // count
-    pixels = pixels.reshape(batch, count, *pixels.shape[1:])
-    detached = pixels.detach()
-    if reconstructions is not None:
-        reconstructions = reconstructions.detach().reshape(batch, count, *reconstructions.shape[1:])
-    return PerceptionOutput(
-        features=normalized_coordinates(pixels, image_size).flatten(1),
-        keypoints=pixels.flatten(1, 2),
-        confidence=None if confidence is None else confidence.reshape(batch, -1),
-        losses=losses,
-        visuals=PerceptionVisuals(
-            points=detached,
-            detections=detached,
-            heatmaps=heatmaps.detach().reshape(batch, count, *heatmaps.shape[1:]),
-            reconstructions=reconstructions,
-        ),
-    )
 
 
 @register_perception("keypoint2d")
@@ -137,7 +72,8 @@ class Keypoint2D(KeypointAutoencoder):
             ``base_filters=16``, ..., ``separation_weight=0.0025``, ...); the separation loss
             keeps the keypoints of each view apart,
             ``mean over views, k ≠ l of 1 / (separation_scale · ||p^k - p^l||² + 1)`` in
-            normalised image coordinates (:func:`normalized_coordinates`).
+            normalised image coordinates
+            (:func:`~kp3d.perception.coordinates.normalized_coordinates`).
 
     A loss term appears in ``PerceptionOutput.losses`` (already weighted) iff its weight is
     positive: ``reconstruction``, ``separation``, ``sparsity``.
@@ -219,9 +155,4 @@ class Keypoint2D(KeypointAutoencoder):
         )
 
 
-__all__ = [
-    "IMAGE_SEPARATION_SCALE",
-    "Keypoint2D",
-    "image_keypoint_output",
-    "normalized_coordinates",
-]
+__all__ = ["IMAGE_SEPARATION_SCALE", "Keypoint2D", "normalized_coordinates"]

@@ -1,5 +1,11 @@
 """Self-training correspondence: object landmarks grown from generic keypoints by clustering.
 
+This module owns the perception module :class:`SelfTrainingLandmarks`: its stages, its schedule
+and its landmarks. Its pseudo-labels are in :mod:`~kp3d.perception.selftrain_labels` and
+:mod:`~kp3d.perception.selftrain_clustering`, its losses in
+:mod:`~kp3d.perception.selftrain_losses` and its networks in
+:mod:`~kp3d.perception.selftrain_network`.
+
 Mallis, Sanchez, Bell and Tzimiropoulos, "Unsupervised Learning of Object Landmarks via
 Self-Training Correspondence", NeurIPS 2020, and "From Keypoints to Object Landmarks via
 Self-Training Correspondence", TPAMI 2023 (METHODS.md §2, "Unsupervised landmark learners"; the
@@ -9,27 +15,25 @@ own pseudo-labels, which improve as it does:
 
 * **Warm-up** (stage 0): the pseudo-labels are *generic* keypoints, corners (kornia's
   Shi-Tomasi ``gftt_response`` or Harris) or SIFT's difference-of-Gaussians blobs, detected on
-  every image (:func:`generic_keypoints`). Each training sample is an image and a random
-  thin-plate-spline warp of it (:mod:`kp3d.warps`), whose keypoints correspond by construction.
+  every image (:func:`~kp3d.perception.selftrain_labels.generic_keypoints`). Each training sample
+  is an image and a random thin-plate-spline warp of it (:mod:`kp3d.warps`), whose keypoints
+  correspond by construction.
 * **Correspondence rounds** (stage 1): the descriptors of the points the detector finds (NMS) on
   many images are clustered with K-means under the rule that *a cluster takes at most one point
-  per image, the one nearest its centroid* (:func:`constrained_kmeans`): first into ``K``
-  clusters, which keeps at most ``K`` points per image, then the kept points into ``M ≫ K``
-  clusters, whose ids are the pseudo-labels: two points of two images correspond when they share
-  a cluster. A training sample is a warp of an image paired with another warp of the same image
+  per image, the one nearest its centroid*
+  (:func:`~kp3d.perception.selftrain_clustering.constrained_kmeans`): first into ``K`` clusters,
+  which keeps at most ``K`` points per image, then the kept points into ``M ≫ K`` clusters, whose
+  ids are the pseudo-labels: two points of two images correspond when they share a cluster. A
+  training sample is a warp of an image paired with another warp of the same image
   or, half the time, of another image.
 * **Landmarks** (stage 2): the final clustering into ``K`` clusters labels each image with at most
   one point per landmark; a ``K``-channel landmark head on the same backbone is trained on them.
   This head is what :meth:`SelfTrainingLandmarks.forward` reports.
 
-The losses of stages 0 and 1 (:func:`correspondence_losses`): the detector regresses Gaussians
-(peak 1) at the labelled points (MSE over the map, on both views), and the descriptors are
-contrastive: the squared distance between the unit descriptors of points that correspond is
-pulled to 0, and *negatives, taken only within one image* (two different labelled points, or a
-labelled point and a random location at least ``negative_distance`` away), are pushed beyond a
-margin, ``max(0, margin - ||d_a - d_b||)²`` (the reference's margin 0.8 and weight 10). The
-loss of stage 2 is the MSE of each landmark channel to a Gaussian at its label, on the channels
-that have one (the reference's joint-weighted MSE).
+The losses (:mod:`~kp3d.perception.selftrain_losses`): in stages 0 and 1 the detector regresses
+Gaussians at the labelled points and the descriptors are contrastive (pairs that correspond pulled
+together, negatives within one image pushed beyond a margin); in stage 2 each landmark channel
+regresses a Gaussian at its label.
 
 How the stages run inside ``kp3d pretrain`` (which only calls
 :meth:`~SelfTrainingLandmarks.training_losses` with one Adam optimizer): the module keeps its
@@ -58,16 +62,10 @@ horizontal flips (robot scenes are not left-right symmetric); one learning rate 
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
-from typing import Literal
 
-import kornia
 import torch
 import torch.nn.functional as F
-from scipy.cluster.vq import kmeans2
-from torch import nn
-from torch.func import functional_call
 
 from kp3d.batch import FrameBatch
 from kp3d.peaks import decode_peaks, local_maxima, strongest_peaks
@@ -79,312 +77,33 @@ from kp3d.perception.base import (
     check_positive,
     register_perception,
 )
-from kp3d.perception.keypoint2d import normalized_coordinates
-from kp3d.perception.layers import conv_relu
-from kp3d.spatial import EPS, gaussian_maps, heatmap_to_image, image_to_heatmap
-from kp3d.warps import random_tps
+from kp3d.perception.coordinates import normalized_coordinates
+from kp3d.perception.selftrain_clustering import (
+    assign_to_centroids,  # re-export, one release
+    cluster_labels,
+    cluster_twice,
+    constrained_kmeans,  # re-export, one release
+    nearest_per_cluster,  # re-export, one release
+)
+from kp3d.perception.selftrain_labels import GenericDetector, generic_keypoints, warp_labels
+from kp3d.perception.selftrain_losses import (
+    contrastive_descriptor_loss,
+    landmark_loss,
+    target_heatmaps,
+    within_image_negatives,
+)
+from kp3d.perception.selftrain_network import (
+    CorrespondenceNetwork,
+    FrozenCopy,
+    LandmarkBackbone,  # re-export, one release
+    conv_head,
+    peak_values,
+    sample_descriptors,
+)
+from kp3d.spatial import EPS, heatmap_to_image, image_to_heatmap
 
-GenericDetector = Literal["gftt", "harris", "sift"]
 STAGE_NAMES = ("warmup", "correspondence", "landmarks")
 """The stages, by their number in :attr:`SelfTrainingLandmarks.stage`."""
-
-
-# -- clustering ------------------------------------------------------------------------------------
-
-
-def nearest_per_cluster(
-    groups: torch.Tensor, clusters: torch.Tensor, distances: torch.Tensor
-) -> torch.Tensor:
-    """Keep, in every group (image), only the point of each cluster nearest its centroid.
-
-    Args:
-        groups: ``(P,)`` integer group (image) of each point.
-        clusters: ``(P,)`` integer cluster of each point; negative: not in any (never kept).
-        distances: ``(P,)`` distance of each point to its cluster's centroid; ties are broken by
-            the point's index.
-
-    Returns:
-        ``(P,)`` bool: kept points. No two kept points share both a group and a cluster.
-    """
-    if not groups.shape == clusters.shape == distances.shape or groups.ndim != 1:
-        raise ValueError(
-            "groups, clusters and distances must be 1-D of one length; got "
-            f"{tuple(groups.shape)}, {tuple(clusters.shape)}, {tuple(distances.shape)}"
-        )
-    keep = torch.zeros(len(groups), dtype=torch.bool, device=groups.device)
-    members = torch.nonzero(clusters >= 0)[:, 0]
-    if len(members) == 0:
-        return keep
-    # Sort by distance, then (stably) by (group, cluster): each run of one (group, cluster)
-    # starts with its nearest point.
-    by_distance = members[torch.argsort(distances[members], stable=True)]
-    key = groups[by_distance].long() * (int(clusters.max()) + 1) + clusters[by_distance].long()
-    by_key = torch.argsort(key, stable=True)
-    key = key[by_key]
-    first = torch.ones_like(key, dtype=torch.bool)
-    first[1:] = key[1:] != key[:-1]
-    keep[by_distance[by_key[first]]] = True
-    return keep
-
-
-def assign_to_centroids(
-    features: torch.Tensor, groups: torch.Tensor, centroids: torch.Tensor
-) -> torch.Tensor:
-    """Nearest-centroid assignment under the one-point-per-group-per-cluster rule.
-
-    Args:
-        features: ``(P, D)`` points.
-        groups: ``(P,)`` group (image) of each point; negative: ignored (not assigned).
-        centroids: ``(k, D)``.
-
-    Returns:
-        ``(P,)`` long: each point's cluster, or -1 if it was ignored or another point of its group
-        is nearer the centroid of that cluster.
-    """
-    if len(features) == 0:
-        return torch.full_like(groups, -1, dtype=torch.long)
-    distances, clusters = torch.cdist(features, centroids.to(features.dtype)).min(dim=1)
-    clusters = torch.where(groups >= 0, clusters, -1)
-    keep = nearest_per_cluster(groups, clusters, distances)
-    return torch.where(keep, clusters, -1)
-
-
-def constrained_kmeans(
-    features: torch.Tensor,
-    groups: torch.Tensor,
-    k: int,
-    iterations: int = 30,
-    seed: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """K-means (``scipy.cluster.vq.kmeans2``, k-means++ initialisation) whose clusters take at most
-    one point per group, the point nearest the centroid (Mallis et al.).
-
-    Every point is assigned to its nearest centroid; in each group, of the points of one cluster
-    only the nearest to its centroid is kept, the others are left out (cluster -1), as in the
-    reference implementation.
-
-    Args:
-        features: ``(P, D)`` descriptors (e.g. unit vectors).
-        groups: ``(P,)`` the group (image) of each point.
-        k: number of clusters, at most ``P``.
-        iterations: Lloyd iterations.
-        seed: seed of the initialisation.
-
-    Returns:
-        ``centroids (k, D)`` and ``clusters (P,)`` long (-1: left out), on ``features``' device.
-
-    Raises:
-        ValueError: if there are fewer points than clusters.
-    """
-    if features.ndim != 2 or groups.shape != features.shape[:1]:
-        raise ValueError(
-            f"features must be (P, D) and groups (P,); got {tuple(features.shape)} and "
-            f"{tuple(groups.shape)}"
-        )
-    if not 1 <= k <= len(features):
-        raise ValueError(f"cannot make {k} clusters of {len(features)} points")
-    data = features.detach().double().cpu().numpy()
-    with warnings.catch_warnings():
-        # An emptied cluster keeps its centroid (scipy warns): harmless for the labels.
-        warnings.simplefilter("ignore")
-        centroids, _ = kmeans2(data, k, iter=iterations, minit="++", seed=seed)
-    centroids = torch.as_tensor(centroids, dtype=features.dtype, device=features.device)
-    return centroids, assign_to_centroids(features.detach(), groups, centroids)
-
-
-# -- generic keypoints -----------------------------------------------------------------------------
-
-
-def generic_keypoints(
-    views: torch.Tensor,
-    detector: GenericDetector = "gftt",
-    max_points: int = 24,
-    window: int = 5,
-    relative_threshold: float = 0.01,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Hand-crafted keypoints of images: the warm-up pseudo-labels.
-
-    ``"gftt"`` (Shi-Tomasi "good features to track") and ``"harris"`` take the local maxima
-    (``window x window`` NMS, :func:`kp3d.peaks.local_maxima`) of kornia's corner response on the
-    grey image above ``relative_threshold`` times the image's strongest response, strongest
-    first; ``"sift"`` takes the centres of kornia's ``ScaleSpaceDetector`` (SIFT's
-    difference-of-Gaussians scale space).
-
-    Args:
-        views: ``(N, 3, H, W)`` in ``[0, 1]``.
-        detector: ``"gftt"``, ``"harris"`` or ``"sift"``.
-        max_points: ``P``, the most points per image.
-        window: NMS window of the corner detectors, in pixels.
-        relative_threshold: smallest corner response, relative to the image's largest.
-
-    Returns:
-        ``pixels (N, P, 2)`` full-image ``(u, v)`` (:mod:`kp3d.geometry` convention) and
-        ``valid (N, P)`` bool (images with fewer points are padded).
-    """
-    gray = kornia.color.rgb_to_grayscale(views)
-    if detector == "sift":
-        lafs, responses = kornia.feature.ScaleSpaceDetector(num_features=max_points)(gray)
-        # kornia puts pixel centres at integer coordinates; kp3d at half-integers.
-        pixels = kornia.feature.get_laf_center(lafs) + 0.5
-        return pixels, responses > 0
-    if detector == "gftt":
-        response = kornia.feature.gftt_response(gray)
-    elif detector == "harris":
-        response = kornia.feature.harris_response(gray)
-    else:
-        raise ValueError(f"detector must be 'gftt', 'harris' or 'sift'; got {detector!r}")
-    response = response[:, 0]
-    strongest = response.flatten(1).amax(dim=1).clamp(min=EPS)[:, None, None]
-    peaks = local_maxima(response, 0.0, window) & (response > relative_threshold * strongest)
-    return strongest_peaks(response.to(views.dtype), max_points, peaks)
-
-
-# -- losses ----------------------------------------------------------------------------------------
-
-
-def sample_descriptors(field: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
-    """Unit descriptors at sub-cell positions of a dense field (bilinear).
-
-    Args:
-        field: ``(N, D, S_h, S_w)`` descriptor field.
-        cells: ``(N, P, 2)`` positions ``(u, v)`` on the field's grid (:mod:`kp3d.spatial`).
-
-    Returns:
-        ``(N, P, D)`` unit vectors.
-    """
-    height, width = field.shape[-2:]
-    grid = cells / cells.new_tensor([width / 2.0, height / 2.0]) - 1.0
-    sampled = F.grid_sample(field, grid[:, :, None], mode="bilinear", align_corners=False)
-    return F.normalize(sampled[..., 0].transpose(1, 2), dim=-1, eps=EPS)
-
-
-def target_heatmaps(
-    cells: torch.Tensor, valid: torch.Tensor, std: float, size: Sequence[int]
-) -> torch.Tensor:
-    """The detector's target: the maximum of Gaussians (peak 1) at the valid points.
-
-    Args:
-        cells: ``(N, P, 2)`` on the grid.
-        valid: ``(N, P)`` bool.
-        std: Gaussian std in cells.
-        size: ``(S_h, S_w)``.
-
-    Returns:
-        ``(N, 1, S_h, S_w)``, zero where there is no point.
-    """
-    maps = gaussian_maps(cells, std, tuple(size)) * valid[..., None, None]
-    if maps.shape[1] == 0:
-        return maps.new_zeros(len(cells), 1, *size)
-    return maps.amax(dim=1, keepdim=True)
-
-
-def contrastive_descriptor_loss(
-    first: torch.Tensor,
-    second: torch.Tensor,
-    positives: torch.Tensor,
-    negatives: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
-    margin: float,
-) -> torch.Tensor:
-    """Mallis et al.'s descriptor loss: ``Σ_pos ||d_a - d_b||² + Σ_neg max(0, m - ||d_a - d_b||)²``
-    divided by the number of pairs.
-
-    Args:
-        first: ``(N, P, D)`` descriptors of the labelled points of the first views.
-        second: ``(N, P, D)`` descriptors of those of the second views.
-        positives: ``(N, P, P)`` bool, ``[n, a, b]``: point ``a`` of view 1 corresponds to point
-            ``b`` of view 2.
-        negatives: for each view, ``(anchors (N, Q, D), others (N, Q, D), mask (N, Q))``: pairs
-            within one image pushed apart.
-        margin: ``m``.
-
-    Returns:
-        Scalar (0 when there is no pair).
-    """
-    squared = (first[:, :, None] - second[:, None]).square().sum(-1)  # (N, P, P)
-    total = (squared * positives).sum()
-    count = positives.sum()
-    for anchors, others, mask in negatives:
-        distance = ((anchors - others).square().sum(-1) + EPS).sqrt()
-        total = total + (F.relu(margin - distance).square() * mask).sum()
-        count = count + mask.sum()
-    return total / count.clamp(min=1)
-
-
-# -- the network -----------------------------------------------------------------------------------
-
-
-class LandmarkBackbone(nn.Module):
-    """A small U-Net: ``(N, 3, H, W)`` → ``(N, 2f, H/2, W/2)`` features.
-
-    ``conv f`` at ``H``, ``2f`` at ``H/2``, ``4f, 4f`` at ``H/4``, ``4f, 4f`` at ``H/8``, then up
-    (bilinear) to ``H/4`` with the skip concatenated (``conv 4f``) and to ``H/2`` (``conv 2f``).
-    """
-
-    def __init__(self, base_filters: int) -> None:
-        super().__init__()
-        f = base_filters
-        self.down2 = nn.Sequential(*conv_relu(3, f), *conv_relu(f, 2 * f, stride=2))
-        self.down4 = nn.Sequential(*conv_relu(2 * f, 4 * f, stride=2), *conv_relu(4 * f, 4 * f))
-        self.down8 = nn.Sequential(*conv_relu(4 * f, 4 * f, stride=2), *conv_relu(4 * f, 4 * f))
-        self.up4 = nn.Sequential(*conv_relu(8 * f, 4 * f))
-        self.up2 = nn.Sequential(*conv_relu(6 * f, 2 * f))
-
-    def forward(self, views: torch.Tensor) -> torch.Tensor:
-        """``(N, 3, H, W)`` in ``[0, 1]`` → ``(N, 2f, H/2, W/2)``."""
-        half = self.down2(views * 2.0 - 1.0)
-        quarter = self.down4(half)
-        eighth = self.down8(quarter)
-        up = F.interpolate(eighth, size=quarter.shape[-2:], mode="bilinear", align_corners=False)
-        up = self.up4(torch.cat([up, quarter], dim=1))
-        up = F.interpolate(up, size=half.shape[-2:], mode="bilinear", align_corners=False)
-        return self.up2(torch.cat([up, half], dim=1))
-
-
-def _head(inputs: int, hidden: int, outputs: int) -> nn.Sequential:
-    return nn.Sequential(*conv_relu(inputs, hidden), nn.Conv2d(hidden, outputs, 1))
-
-
-class CorrespondenceNetwork(nn.Module):
-    """The backbone with its detector (1 channel) and descriptor (``D`` channels, unit norm)
-    heads: what stages 0 and 1 train and the teacher copies."""
-
-    def __init__(self, base_filters: int, descriptor_dim: int) -> None:
-        super().__init__()
-        self.backbone = LandmarkBackbone(base_filters)
-        self.detector = _head(2 * base_filters, base_filters, 1)
-        self.descriptor = _head(2 * base_filters, 2 * base_filters, descriptor_dim)
-
-    def forward(self, views: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(N, 3, H, W)`` → ``features (N, 2f, S_h, S_w)``, ``detections (N, 1, S_h, S_w)``
-        and unit ``descriptors (N, D, S_h, S_w)``."""
-        features = self.backbone(views)
-        descriptors = F.normalize(self.descriptor(features), dim=1, eps=EPS)
-        return features, self.detector(features), descriptors
-
-
-class FrozenCopy(nn.Module):
-    """A snapshot of a module's parameters held as buffers (saved with the state dict, never
-    trained), run through :func:`torch.func.functional_call` on the live module."""
-
-    def __init__(self, module: nn.Module) -> None:
-        super().__init__()
-        self.names = [name for name, _ in module.named_parameters()]
-        for name, parameter in module.named_parameters():
-            self.register_buffer(name.replace(".", "__"), parameter.detach().clone())
-
-    def copy_from(self, module: nn.Module) -> None:
-        """Take a new snapshot of ``module``'s parameters."""
-        with torch.no_grad():
-            for name, parameter in module.named_parameters():
-                getattr(self, name.replace(".", "__")).copy_(parameter)
-
-    def run(self, module: nn.Module, *args: torch.Tensor) -> object:
-        """``module(*args)`` with the snapshot's parameters."""
-        state = {name: getattr(self, name.replace(".", "__")) for name in self.names}
-        return functional_call(module, state, args)
-
-
-# -- the module ------------------------------------------------------------------------------------
 
 
 @register_perception("selftrain")
@@ -526,7 +245,7 @@ class SelfTrainingLandmarks(Perception):
         self.heatmap_size = (self.image_size[0] // 2, self.image_size[1] // 2)
 
         self.network = CorrespondenceNetwork(base_filters, descriptor_dim)
-        self.landmark_head = _head(2 * base_filters, base_filters, num_keypoints)
+        self.landmark_head = conv_head(2 * base_filters, base_filters, num_keypoints)
         self.teacher = FrozenCopy(self.network)
         self.register_buffer("stage", torch.tensor(0))
         self.register_buffer("steps", torch.tensor(0))
@@ -582,7 +301,7 @@ class SelfTrainingLandmarks(Perception):
         coordinates = normalized_coordinates(pixels, self.image_size)
         # The map's value at the refined peak (bilinear): through it the policy's gradients
         # reach the landmark head and the backbone.
-        confidence = _peak_values(maps, cells).reshape(batch, count, self.num_keypoints)
+        confidence = peak_values(maps, cells).reshape(batch, count, self.num_keypoints)
         features = torch.cat([coordinates, confidence[..., None]], dim=-1).flatten(1)
         losses = self.stage_losses(images.flatten(0, 1)) if compute_losses else {}
         # Videos draw distributions: the positive part of each map, normalised (uniform if none).
@@ -643,15 +362,8 @@ class SelfTrainingLandmarks(Perception):
             return cells, torch.where(valid, ids, -1)
         _, detections, field = self.teacher.run(self.network, views)
         cells, descriptors, valid = self.detect(detections, field)
-        groups = torch.arange(len(views), device=views.device)[:, None].expand_as(valid)
-        groups = torch.where(valid, groups, -1).flatten()
-        flat = descriptors.flatten(0, 1)
-        ids = assign_to_centroids(flat, groups, self.landmark_centroids)
-        if int(self.stage) == 1:
-            kept = torch.where(ids >= 0, groups, -1)
-            clusters = self.cluster_centroids[: int(self.cluster_count)]
-            ids = assign_to_centroids(flat, kept, clusters)
-        return cells, ids.reshape(valid.shape)
+        fine = self.cluster_centroids[: int(self.cluster_count)] if int(self.stage) == 1 else None
+        return cells, cluster_labels(descriptors, valid, self.landmark_centroids, fine)
 
     def _warp(
         self,
@@ -660,22 +372,10 @@ class SelfTrainingLandmarks(Perception):
         ids: torch.Tensor,
         generator: torch.Generator | None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """A random warp (:func:`kp3d.warps.random_tps`) of ``views (N, 3, H, W)`` and of their
-        labelled ``cells (N, P, 2)``; labels that leave the image are dropped from ``ids (N, P)``.
-        """
-        warp = random_tps(
-            len(views),
-            self.image_size,
-            self.warp_strength,
-            generator=generator,
-            device=views.device,
-            dtype=views.dtype,
+        """:func:`~kp3d.perception.selftrain_labels.warp_labels` with this module's sizes."""
+        return warp_labels(
+            views, cells, ids, self.image_size, self.heatmap_size, self.warp_strength, generator
         )
-        pixels = heatmap_to_image(cells, self.heatmap_size, self.image_size)
-        moved = image_to_heatmap(warp.points(pixels), self.heatmap_size, self.image_size)
-        size = moved.new_tensor([self.heatmap_size[1], self.heatmap_size[0]])
-        inside = ((moved >= 0) & (moved <= size)).all(dim=-1)
-        return warp.images(views), moved, torch.where(inside, ids, -1)
 
     # -- losses ------------------------------------------------------------------------------------
 
@@ -735,7 +435,16 @@ class SelfTrainingLandmarks(Perception):
                 first_ids[:, :, None] >= 0
             )
             negatives = [
-                self._negatives(field, cells, ids, points, generator)
+                within_image_negatives(
+                    field,
+                    cells,
+                    ids,
+                    points,
+                    self.heatmap_size,
+                    self.negative_distance,
+                    self.random_negatives,
+                    generator,
+                )
                 for (field, cells, ids), points in zip(outputs, descriptors, strict=True)
             ]
             losses["descriptor"] = self.weights["descriptor"] * contrastive_descriptor_loss(
@@ -743,40 +452,12 @@ class SelfTrainingLandmarks(Perception):
             )
         return losses
 
-    def _negatives(
-        self,
-        field: torch.Tensor,
-        cells: torch.Tensor,
-        ids: torch.Tensor,
-        points: torch.Tensor,
-        generator: torch.Generator | None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Pairs within each image: every two different labelled points, and each labelled point
-        with ``random_negatives`` random locations at least ``negative_distance`` away."""
-        count, size = cells.shape[1], min(self.heatmap_size)
-        valid = ids >= 0
-        first, second = torch.triu_indices(count, count, 1, device=cells.device)
-        far = (cells[:, first] - cells[:, second]).norm(dim=-1) >= self.negative_distance * size
-        anchors, others = [points[:, first]], [points[:, second]]
-        masks = [valid[:, first] & valid[:, second] & far]
-        if self.random_negatives:
-            extent = cells.new_tensor([self.heatmap_size[1], self.heatmap_size[0]])
-            shape = (len(cells), count * self.random_negatives, 2)
-            locations = torch.rand(shape, generator=generator, dtype=cells.dtype)
-            locations = locations.to(cells.device) * extent
-            repeated = cells.repeat_interleave(self.random_negatives, dim=1)
-            far = (locations - repeated).norm(dim=-1) >= self.negative_distance * size
-            anchors.append(points.repeat_interleave(self.random_negatives, dim=1))
-            others.append(sample_descriptors(field, locations))
-            masks.append(valid.repeat_interleave(self.random_negatives, dim=1) & far)
-        return torch.cat(anchors, dim=1), torch.cat(others, dim=1), torch.cat(masks, dim=1)
-
     def landmark_losses(
         self, views: torch.Tensor, cells: torch.Tensor, ids: torch.Tensor
     ) -> dict[str, torch.Tensor]:
         """Stage 2: MSE of each landmark channel to a Gaussian at its label, on the channels that
-        have one (:meth:`stage_losses` passes randomly warped views and labels, the reference's
-        augmentation).
+        have one (:func:`~kp3d.perception.selftrain_losses.landmark_loss`; :meth:`stage_losses`
+        passes randomly warped views and labels, the reference's augmentation).
 
         Args:
             views: ``(N, 3, H, W)``.
@@ -786,14 +467,7 @@ class SelfTrainingLandmarks(Perception):
         Returns:
             ``{"landmarks": weighted loss}``.
         """
-        count = self.num_keypoints
-        # One point per landmark and view (the clustering's rule): scatter them to channels.
-        owner = F.one_hot(ids.clamp(min=0), count).to(cells.dtype) * (ids >= 0)[..., None]
-        channel_cells = torch.einsum("npk,npc->nkc", owner, cells)
-        labelled = owner.sum(dim=1) > 0  # (N, K)
-        target = gaussian_maps(channel_cells, self.heatmap_std, self.heatmap_size)
-        errors = (self.landmark_maps(views) - target).square().mean(dim=(-2, -1))
-        loss = (errors * labelled).sum() / labelled.sum().clamp(min=1)
+        loss = landmark_loss(self.landmark_maps(views), cells, ids, self.heatmap_std)
         return {"landmarks": self.weights["landmarks"] * loss}
 
     # -- the schedule ------------------------------------------------------------------------------
@@ -815,8 +489,9 @@ class SelfTrainingLandmarks(Perception):
 
         Runs the network (eval mode) on the views, detects points (NMS, threshold), clusters
         their descriptors into ``K`` (each image keeps at most one point per cluster) and the kept
-        ones into ``M`` (:func:`constrained_kmeans`), and stores the centroids and a copy of the
-        network as the teacher of the next pseudo-labels. Does not change the stage.
+        ones into ``M`` (:func:`~kp3d.perception.selftrain_clustering.cluster_twice`), and stores
+        the centroids and a copy of the network as the teacher of the next pseudo-labels. Does
+        not change the stage.
 
         Args:
             views: ``(N, 3, H, W)`` in ``[0, 1]``; ``None``: the reservoir.
@@ -854,20 +529,10 @@ class SelfTrainingLandmarks(Perception):
                 f"({self.detection_threshold}), train the warm-up longer or give more views"
             )
         seed = int(torch.randint(0, 2**31 - 1, ()))
-        centroids, clusters = constrained_kmeans(
-            features, groups, self.num_keypoints, self.kmeans_iterations, seed
+        centroids, fine, kept = cluster_twice(
+            features, groups, self.num_keypoints, self.num_clusters, self.kmeans_iterations, seed
         )
-        kept = clusters >= 0
-        count = min(self.num_clusters, int(kept.sum()))
-        if count < self.num_clusters:
-            warnings.warn(
-                f"recluster: only {int(kept.sum())} points kept; using M = {count} clusters "
-                f"instead of {self.num_clusters}",
-                stacklevel=2,
-            )
-        fine, _ = constrained_kmeans(
-            features[kept], groups[kept], count, self.kmeans_iterations, seed
-        )
+        count = len(fine)
         self.landmark_centroids.copy_(centroids)
         self.cluster_centroids.zero_()
         self.cluster_centroids[:count] = fine
@@ -918,15 +583,6 @@ class SelfTrainingLandmarks(Perception):
         self.follow_schedule()
         self.steps += 1
         return self.stage_losses(views)
-
-
-def _peak_values(maps: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
-    """Differentiable value of ``maps (N, K, S_h, S_w)`` at ``cells (N, K, 2)`` (bilinear)."""
-    height, width = maps.shape[-2:]
-    grid = cells / cells.new_tensor([width / 2.0, height / 2.0]) - 1.0  # (N, K, 2)
-    flat = maps.flatten(0, 1)[:, None]  # (N K, 1, S_h, S_w)
-    sampled = F.grid_sample(flat, grid.flatten(0, 1)[:, None, None], align_corners=False)
-    return sampled.reshape(cells.shape[:-1])
 
 
 __all__ = [

@@ -68,7 +68,7 @@ from kp3d.perception.base import (
     check_positive_ints,
     register_perception,
 )
-from kp3d.perception.keypoint2d import image_keypoint_output
+from kp3d.perception.image_keypoints import image_keypoint_output
 from kp3d.perception.layers import ConvLayer, ConvStack, conv_relu, conv_sizes
 from kp3d.spatial import gaussian_maps, heatmap_to_image, soft_argmax, spatial_softmax
 
@@ -174,7 +174,7 @@ class Transporter(Perception):
         reconstruction_weight: weight of the squared error of the reconstruction.
 
     Outputs (``forward``): ``features (B, 2 C K)``: the keypoints' ``(u, v)`` normalised to
-    ``[-1, 1]`` across the image (:func:`~kp3d.perception.keypoint2d.normalized_coordinates`),
+    ``[-1, 1]`` across the image (:func:`~kp3d.perception.coordinates.normalized_coordinates`),
     camera-major; ``keypoints (B, C K, 2)`` full-image pixels; ``confidence None`` (the method
     defines none); ``losses {"reconstruction"}`` when a source frame is available (see the module
     docstring); visuals with the keypoints, the softmax heatmaps ``(B, C, K, S_h, S_w)`` and the

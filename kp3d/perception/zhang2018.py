@@ -88,7 +88,7 @@ from kp3d.perception.base import (
 )
 from kp3d.perception.equivariance import WarpedPair, equivariance_loss, warp_generator
 from kp3d.perception.hourglass import Hourglass, Residual, default_depth
-from kp3d.perception.keypoint2d import image_keypoint_output
+from kp3d.perception.image_keypoints import image_keypoint_output
 from kp3d.spatial import EPS, cell_centers, gaussian_maps, heatmap_to_image
 
 FLOW_WINDOW_STD = 1.0

@@ -15,7 +15,7 @@ import agents
 
 def _kp3d(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "kp3d.cli", *args],
+        [sys.executable, "-m", "agents.cli", *args],
         capture_output=True,
         text=True,
         timeout=300,
@@ -69,7 +69,7 @@ def test_ctrl_c_saves_a_resumable_checkpoint(tmp_path: Path, write_config, tiny_
     run = tmp_path / "run"
     config = write_config(tiny_config(n_timesteps=1_000_000))
     process = subprocess.Popen(
-        [sys.executable, "-m", "kp3d.cli", "train", str(config), "--run-dir", str(run)],
+        [sys.executable, "-m", "agents.cli", "train", str(config), "--run-dir", str(run)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -160,7 +160,7 @@ def test_killed_run_resumes_to_the_same_frames(tmp_path: Path) -> None:
     continues (replaying the episode it cut) to exactly the frames of an uninterrupted run."""
     interrupted, reference = tmp_path / "interrupted", tmp_path / "reference"
     arguments = ["--frames", "160", "--size", "32", "--shard-size", "30", "--seed", "3"]
-    command = [sys.executable, "-m", "kp3d.cli", "dataset", REACH, "--out", str(interrupted)]
+    command = [sys.executable, "-m", "agents.cli", "dataset", REACH, "--out", str(interrupted)]
     process = subprocess.Popen(
         [*command, *arguments],
         stdout=subprocess.DEVNULL,

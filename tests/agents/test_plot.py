@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
+from agents.cli import main
 from agents.config import config_from_dict, save_config
 from agents.plot import learning_curves, plot_learning_curves, read_run_curve
-from kp3d.cli import main
 
 
 def _fake_run(

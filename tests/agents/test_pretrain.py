@@ -86,7 +86,7 @@ def test_pretrain_command_writes_a_loadable_checkpoint_and_resumes(
     run = tmp_path / "run"
     config = write_pretrain_config()
     result = subprocess.run(
-        [sys.executable, "-m", "kp3d.cli", "pretrain", str(config), "--run-dir", str(run)],
+        [sys.executable, "-m", "agents.cli", "pretrain", str(config), "--run-dir", str(run)],
         capture_output=True,
         text=True,
         timeout=300,

@@ -14,10 +14,11 @@ import torch
 import agents
 import envs  # noqa: F401  (registers the kp3d ids)
 from agents import render
+from agents.cli import main
 from agents.drawing import TextRenderer, draw_segments
 from agents.render import GAP, ROWS, FrameComposer, RolloutRenderer, StepView, WorldView, look_at
-from agents.video import keypoint_colors
-from kp3d.cli import main
+from agents.rollouts import Rollout
+from agents.video import keypoint_colors, writer
 from kp3d.geometry import project
 from kp3d.perception import images_from_observation, make_perception, save_perception
 
@@ -198,7 +199,7 @@ def test_an_interrupted_render_leaves_no_file(tmp_path: Path, monkeypatch) -> No
 
 
 def test_without_ffmpeg_a_gif_is_written(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(render, "ffmpeg_available", lambda: False)
+    monkeypatch.setattr(writer, "ffmpeg_available", lambda: False)
     with pytest.warns(UserWarning, match="ffmpeg"):
         result = agents.render_video(
             env_id="kp3d/Push-v0", random_policy=True, out=tmp_path / "push.mp4", max_steps=2
@@ -272,3 +273,50 @@ def test_text_and_lines_are_drawn_inside_the_image() -> None:
     image = np.zeros((20, 30, 3), np.uint8)
     draw_segments(image, np.array([[-100.0, 10.5]]), np.array([[100.0, 10.5]]), (255, 0, 0))
     assert (image[10, :, 0] == 255).all() and image[:10].sum() == 0 and image[11:].sum() == 0
+
+
+def test_a_rollout_perceives_every_record_without_drawing() -> None:
+    with Rollout(
+        env_id="kp3d/Reach-v0", random_policy=True, episodes=2, max_steps=2, cameras=["top"]
+    ) as rollout:
+        records = list(rollout.steps())
+        with pytest.raises(RuntimeError, match="rolls out once"):
+            next(rollout.steps())
+    assert [(r.episode, r.step) for r in records] == [(e, s) for e in (0, 1) for s in (0, 1, 2)]
+    assert rollout.lengths == [2, 2] and rollout.position == (1, 2)
+    assert [records[2].episode_return, records[5].episode_return] == rollout.returns
+    for record in records:
+        assert record.view.images.shape == (1, 64, 64, 3) and record.view.points is None
+        np.testing.assert_array_equal(record.view.ground_truth, record.info["keypoints_world"])
+
+
+def test_moved_names_stay_importable_from_their_old_modules() -> None:
+    """agents.render, agents.drawing and agents.video keep the names that moved (one release)."""
+    import agents.drawing
+    import agents.video
+    from agents import callbacks, rollouts
+    from agents.video import compose, drawing, world
+    from kp3d import geometry
+
+    moved = {
+        "VideoCallback": callbacks,
+        "RolloutRenderer": rollouts,
+        "default_upscale": rollouts,
+        "FrameComposer": compose,
+        "StepView": compose,
+        "frame_grid": compose,
+        "ROWS": compose,
+        "GAP": compose,
+        "WorldView": world,
+        "resolve_video_path": writer,
+        "look_at": geometry,
+    }
+    for name, home in moved.items():
+        assert getattr(render, name) is getattr(home, name), name
+    assert all(hasattr(render, name) for name in render.__all__)
+    for name in agents.drawing.__all__:
+        assert getattr(agents.drawing, name) is getattr(drawing, name), name
+    for name in ("write_video", "ffmpeg_available", "VIDEO_SUFFIXES"):
+        assert getattr(agents.video, name) is getattr(writer, name), name
+    for name in ("upscale", "keypoint_colors", "draw_points", "PALETTE"):
+        assert getattr(agents.video, name) is getattr(drawing, name), name

@@ -16,11 +16,11 @@ import pytest
 
 import agents
 from agents.checkpoints import load_replay_buffer, save_replay_buffer
+from agents.cli import main
 from agents.config import ConfigError, config_from_dict, load_config
 from agents.config_checks import check_config
 from agents.runs import lock_run_dir, quoted, resolve_device
 from agents.training import RunDirectoryError
-from kp3d.cli import main
 
 
 class Payload:

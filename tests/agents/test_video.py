@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from agents import video
+from agents.video import writer
 
 
 def _frames(count: int, height: int = 32, width: int = 48) -> list[np.ndarray]:
@@ -54,7 +55,7 @@ def test_failed_write_leaves_no_file_under_the_final_name(tmp_path: Path, monkey
     def broken(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(video.iio, "imwrite", broken)
+    monkeypatch.setattr(writer.iio, "imwrite", broken)
     with pytest.raises(OSError, match="disk full"):
         video.write_video(target, _frames(4))
     assert target.read_bytes() == b"previous"

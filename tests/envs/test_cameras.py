@@ -21,14 +21,8 @@ import mujoco
 import numpy as np
 import pytest
 
-from envs.cameras import (
-    Cameras,
-    CameraSpec,
-    MultiViewRenderer,
-    look_at_free_camera,
-    parse_size,
-    tile_views,
-)
+from envs.cameras import Cameras, CameraSpec, look_at_free_camera, parse_size
+from envs.rendering import MultiViewRenderer, tile_views
 from kp3d import geometry
 
 BALL_RADIUS = 0.05

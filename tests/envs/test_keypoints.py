@@ -7,8 +7,9 @@ import mujoco
 import numpy as np
 import pytest
 
-from envs.cameras import Cameras, CameraSpec, MultiViewRenderer
+from envs.cameras import Cameras, CameraSpec
 from envs.keypoints import Keypoints, KeypointSpec
+from envs.rendering import MultiViewRenderer
 from kp3d import geometry
 
 # The named camera "front_cam" looks along +y from (0, -2, 0.5); the free camera "back_cam" looks

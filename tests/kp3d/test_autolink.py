@@ -24,7 +24,7 @@ from kp3d.perception.autolink import (
     random_block_mask,
     vgg16_features,
 )
-from kp3d.perception.keypoint2d import normalized_coordinates
+from kp3d.perception.coordinates import normalized_coordinates
 
 IMAGE = 32
 

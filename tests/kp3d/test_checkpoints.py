@@ -103,7 +103,7 @@ def test_initialisation_files_are_not_needed_to_load_a_checkpoint(tmp_path):
     """``d2net``'s ``trunk_weights`` only initialises the trunk: its checkpoint loads, and an
     agent config builds from it, after the file is deleted."""
     from agents.config import PerceptionConfig
-    from agents.pretrain import pretrained_perception
+    from agents.pretrained import pretrained_perception
 
     assert perception_class("d2net").initialisation_files == ("trunk_weights",)
     assert perception_class("autolink").initialisation_files == ()

@@ -1,4 +1,5 @@
-"""Tests of D2-Net (:mod:`kp3d.perception.d2net`) and of simulator correspondences
+"""Tests of D2-Net (:mod:`kp3d.perception.d2net` and its ``d2net_network``, ``d2net_loss``,
+``d2net_matching`` and ``d2net_evaluation`` modules) and of simulator correspondences
 (:mod:`kp3d.correspondence`).
 
 A tiny ray-cast scene (a textured floor, body 0, and a textured ball, body 1, seen by three
@@ -18,20 +19,22 @@ from kp3d.batch import FrameBatch
 from kp3d.correspondence import DEPTH_TOLERANCE, find_correspondences, move_with_bodies, sample_maps
 from kp3d.geometry import camera_centers, project, unproject
 from kp3d.perception import available_perceptions, make_perception, perception_hyperparameters
-from kp3d.perception.d2net import (
-    D2Net,
+from kp3d.perception.d2net import D2Net
+from kp3d.perception.d2net_evaluation import evaluate_matching
+from kp3d.perception.d2net_loss import d2net_loss
+from kp3d.perception.d2net_matching import (
+    camera_pairs,
+    mutual_nearest_neighbours,
+    triangulate_pairs,
+)
+from kp3d.perception.d2net_network import (
     Detections,
     VGGTrunk,
-    camera_pairs,
-    d2net_loss,
     dense_descriptors,
     detect,
-    evaluate_matching,
     hard_detections,
     level_size,
-    mutual_nearest_neighbours,
     soft_detection_scores,
-    triangulate_pairs,
 )
 
 SIZE = 32
@@ -756,3 +759,15 @@ def test_forward_triangulates_oracle_matches_into_the_scene() -> None:
     assert (shown.sum(0) == 2).all()
     gap = (output.visuals.points[0] - output.visuals.detections[0]).norm(dim=-1)[shown]
     assert gap.max() < 0.1
+
+
+def test_moved_names_are_still_importable_from_d2net() -> None:
+    """``benchmarks/d2net_matching.py`` and older code import these from the module."""
+    from kp3d.perception import d2net, d2net_evaluation, d2net_loss, d2net_matching, d2net_network
+
+    for home in (d2net_evaluation, d2net_loss, d2net_matching, d2net_network):
+        for name in home.__all__:
+            if name in d2net.__all__:
+                assert getattr(d2net, name) is getattr(home, name), name
+    for name in d2net.__all__:
+        assert hasattr(d2net, name), name

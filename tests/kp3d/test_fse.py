@@ -16,8 +16,8 @@ from kp3d.perception import (
     available_perceptions,
     make_perception,
 )
+from kp3d.perception.coordinates import normalized_coordinates
 from kp3d.perception.fse import diversity_loss
-from kp3d.perception.keypoint2d import normalized_coordinates
 from kp3d.spatial import gaussian_maps
 
 IMAGE = 32

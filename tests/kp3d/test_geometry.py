@@ -481,6 +481,62 @@ def re_shape(shape: tuple[int, ...]) -> str:
     return re.escape(str(tuple(shape)))
 
 
+# -- look-at cameras ------------------------------------------------------------------------------
+
+
+class TestLookAt:
+    def test_hand_computed(self) -> None:
+        # From (0, -2, 0) towards the origin: right = +x, down = -z (world up is image up),
+        # forward = +y; the camera's centre is 2 in front of the world origin along its z.
+        T = geometry.look_at(np.array([0.0, -2.0, 0.0]), np.zeros(3))
+        np.testing.assert_array_equal(T[:3, :3], [[1, 0, 0], [0, 0, -1], [0, 1, 0]])
+        np.testing.assert_array_equal(T[:3, 3], [0, 0, 2])
+        np.testing.assert_array_equal(T[3], [0, 0, 0, 1])
+        # Looking straight down with world y up in the image: DOWN_LOOKING.
+        down = geometry.look_at([0.0, 0.0, 2.0], [0.0, 0.0, 0.0], up=[0.0, 1.0, 0.0])
+        np.testing.assert_allclose(down, DOWN_LOOKING, atol=1e-15)
+
+    def test_camera_sits_at_eye_and_sees_target_at_the_principal_point(self, rng) -> None:
+        for _ in range(20):
+            eye, target = rng.normal(size=3), rng.normal(size=3)
+            T = geometry.look_at(eye, target)
+            rotation = T[:3, :3]
+            np.testing.assert_allclose(rotation @ rotation.T, np.eye(3), atol=1e-12)
+            np.testing.assert_allclose(np.linalg.det(rotation), 1.0, atol=1e-12)
+            np.testing.assert_allclose(camera_centers(T), eye, atol=1e-12)
+            (pixel,), (depth,) = project(target[None], K_64, T)
+            np.testing.assert_allclose(pixel, K_64[:2, 2], atol=1e-9)
+            np.testing.assert_allclose(depth, np.linalg.norm(target - eye), rtol=1e-12)
+            # Up in the world is up in the image (smaller v), and the horizon stays level.
+            above, _ = project((target + np.array([0.0, 0.0, 0.1]))[None], K_64, T)
+            assert above[0, 1] < pixel[1]
+            np.testing.assert_allclose(above[0, 0], pixel[0], atol=1e-9)
+
+    def test_up_need_not_be_perpendicular(self) -> None:
+        tilted = geometry.look_at([1.0, 2.0, 3.0], [0.0, 0.0, 0.0], up=[0.3, 0.1, 2.0])
+        plain = geometry.look_at([1.0, 2.0, 3.0], [0.0, 0.0, 0.0], up=[0.0, 0.0, 1.0])
+        assert not np.allclose(tilted, plain)
+        # Any up in the plane of the view direction and world z gives the default frame.
+        forward = -np.array([1.0, 2.0, 3.0]) / np.linalg.norm([1.0, 2.0, 3.0])
+        up = np.array([0.0, 0.0, 5.0]) + 2.0 * forward
+        np.testing.assert_allclose(
+            geometry.look_at([1.0, 2.0, 3.0], [0.0, 0.0, 0.0], up=up), plain, atol=1e-12
+        )
+
+    @pytest.mark.parametrize(
+        ("eye", "target", "up", "match"),
+        [
+            ([1.0, 1.0, 1.0], [1.0, 1.0, 1.0], (0, 0, 1), "eye and target apart"),
+            ([0.0, 0.0, 2.0], [0.0, 0.0, 0.0], (0, 0, 1), "parallel to up"),
+            ([0.0, 0.0], [0.0, 0.0, 0.0], (0, 0, 1), r"eye must have shape \(3,\)"),
+            ([0.0, 0.0, 1.0], [[0.0, 0.0, 0.0]], (0, 0, 1), r"target must have shape \(3,\)"),
+        ],
+    )
+    def test_errors(self, eye, target, up, match) -> None:
+        with pytest.raises(ValueError, match=match):
+            geometry.look_at(eye, target, up)
+
+
 # -- triangulation ---------------------------------------------------------------------------------
 
 
@@ -488,18 +544,12 @@ def look_at_extrinsics(rng: np.random.Generator, count: int, distance: float = 2
     """``(count, 4, 4)`` world→camera transforms of cameras on a sphere around the origin, each
     looking at it (OpenCV axes: z forward, y down)."""
     transforms = np.zeros((count, 4, 4))
-    transforms[:, 3, 3] = 1.0
     for c in range(count):
         direction = rng.normal(size=3)
         direction[2] = abs(direction[2]) + 0.3  # above the scene, like the envs' cameras
-        centre = distance * direction / np.linalg.norm(direction)
-        forward = -centre / np.linalg.norm(centre)
-        right = np.cross(forward, [0.0, 0.0, 1.0])
-        right /= np.linalg.norm(right)
-        down = np.cross(forward, right)
-        rotation = np.stack([right, down, forward])  # rows: camera axes in world coordinates
-        transforms[c, :3, :3] = rotation
-        transforms[c, :3, 3] = -rotation @ centre
+        transforms[c] = geometry.look_at(
+            distance * direction / np.linalg.norm(direction), np.zeros(3)
+        )
     return transforms
 
 

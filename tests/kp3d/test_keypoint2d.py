@@ -18,7 +18,8 @@ from kp3d.perception import (
     make_perception,
     perception_hyperparameters,
 )
-from kp3d.perception.keypoint2d import IMAGE_SEPARATION_SCALE, normalized_coordinates
+from kp3d.perception.coordinates import normalized_coordinates
+from kp3d.perception.keypoint2d import IMAGE_SEPARATION_SCALE
 from kp3d.spatial import gaussian_maps, image_to_heatmap
 
 IMAGE = 64
@@ -45,12 +46,6 @@ def small_model(
 def cameras(count: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Some valid ``intrinsics (C, 3, 3)`` and ``extrinsics (C, 4, 4)``: Keypoint2D ignores them."""
     return identity_cameras(count, 60.0, (32.0, 32.0))
-
-
-def test_normalized_coordinates() -> None:
-    pixels = torch.tensor([[0.0, 0.0], [64.0, 48.0], [32.0, 24.0], [16.0, 36.0]])
-    expected = torch.tensor([[-1.0, -1.0], [1.0, 1.0], [0.0, 0.0], [-0.5, 0.5]])
-    torch.testing.assert_close(normalized_coordinates(pixels, (48, 64)), expected)
 
 
 # -- the output contract ---------------------------------------------------------------------------

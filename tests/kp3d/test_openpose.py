@@ -1,6 +1,7 @@
-"""Tests of OpenPose (:mod:`kp3d.perception.openpose`): ground-truth maps and fields, the loss's
-mask, the parser on synthetic maps with known instances (both matchers), the features' slot order,
-the assembly metric, and a short training run that learns."""
+"""Tests of OpenPose (:mod:`kp3d.perception.openpose` and its ``openpose_fields``,
+``openpose_assembly`` and ``openpose_evaluation`` modules): ground-truth maps and fields, the
+loss's mask, the parser on synthetic maps with known instances (both matchers), the features' slot
+order, the assembly metric, and a short training run that learns."""
 
 from __future__ import annotations
 
@@ -13,24 +14,27 @@ from torch import nn
 from kp3d.batch import FrameBatch
 from kp3d.peaks import decode_peaks
 from kp3d.perception import OpenPose, available_perceptions, make_perception
-from kp3d.perception.openpose import (
-    MULTI_REACH_INSTANCES,
-    AssemblyResult,
+from kp3d.perception.openpose import MULTI_REACH_INSTANCES, MULTI_REACH_LIMBS
+from kp3d.perception.openpose_assembly import (
     Instances,
-    check_limbs,
-    confidence_targets,
-    evaluate_assembly,
     limb_scores,
-    loss_masks,
     match_limbs,
     order_instances,
-    paf_targets,
     parse_instances,
+)
+from kp3d.perception.openpose_evaluation import AssemblyResult, evaluate_assembly
+from kp3d.perception.openpose_fields import (
+    chain_limbs,
+    check_limbs,
+    confidence_targets,
+    loss_masks,
+    paf_targets,
     part_layout,
 )
 
 SIZE = (24, 32)  # map grid (H, W) of the synthetic tests
-CHAIN = np.array([[0, 1], [1, 2], [0, 3]])  # MultiReach's tree: base-elbow-fingertip, base-target
+# MultiReach's tree: base-elbow-fingertip, base-target.
+MULTI_REACH_TREE = np.array([[0, 1], [1, 2], [0, 3]])
 
 # Three instances of four parts on the map grid (u, v), well apart, as MultiReach's arms.
 INSTANCES = torch.tensor(
@@ -49,7 +53,7 @@ def instance_maps(
     """Ground-truth ``confidence (P, H, W)`` and ``pafs (2 L, H, W)`` of one view."""
     present = torch.ones(points.shape[:-1], dtype=torch.bool) if visible is None else visible
     confidence = confidence_targets(points[None], present[None], 1.5, SIZE)[0]
-    pafs = paf_targets(points[None], present[None], CHAIN, 1.0, SIZE)[0]
+    pafs = paf_targets(points[None], present[None], MULTI_REACH_TREE, 1.0, SIZE)[0]
     return confidence, pafs
 
 
@@ -84,7 +88,14 @@ def test_part_layout_rejects_unequal_instances() -> None:
 def test_check_limbs_wants_a_spanning_tree(limbs, match) -> None:
     with pytest.raises(ValueError, match=match):
         check_limbs(limbs, 4)
-    assert check_limbs(CHAIN, 4).shape == (3, 2)
+    assert check_limbs(MULTI_REACH_TREE, 4).shape == (3, 2)
+
+
+def test_the_chain_is_a_spanning_tree_of_any_parts() -> None:
+    assert chain_limbs(4) == ((0, 1), (1, 2), (2, 3))
+    assert chain_limbs(1) == ()
+    for parts in range(1, 7):
+        assert check_limbs(chain_limbs(parts), parts).shape == (parts - 1, 2)
 
 
 # -- targets ---------------------------------------------------------------------------------------
@@ -159,7 +170,9 @@ def test_overlapping_limbs_are_averaged() -> None:
 def test_loss_masks_hide_what_is_unknown() -> None:
     visible = torch.ones(1, 3, 4, dtype=torch.bool)
     visible[0, 0, 2] = False  # instance 0's fingertip
-    confidence_mask, paf_mask = loss_masks(INSTANCES[None], visible, CHAIN, 1.5, 1.0, SIZE)
+    confidence_mask, paf_mask = loss_masks(
+        INSTANCES[None], visible, MULTI_REACH_TREE, 1.5, 1.0, SIZE
+    )
     assert confidence_mask.shape == (1, 4, *SIZE) and paf_mask.shape == (1, 6, *SIZE)
     column, row = (int(c) for c in INSTANCES[0, 2])
     assert confidence_mask[0, 2, row, column] == 0  # around the invisible keypoint, its part
@@ -176,14 +189,14 @@ def test_loss_masks_hide_what_is_unknown() -> None:
 @pytest.mark.parametrize("matcher", ["hungarian", "greedy"])
 def test_parser_recovers_known_instances(matcher) -> None:
     confidence, pafs = instance_maps()
-    found = parse_instances(confidence, pafs, CHAIN, matcher=matcher)
+    found = parse_instances(confidence, pafs, MULTI_REACH_TREE, matcher=matcher)
     assert isinstance(found, Instances) and len(found) == 3 and found.present.all()
     order = np.argsort(found.points[:, 0, 0])  # match by the base's u
     truth = INSTANCES.numpy()[np.argsort(INSTANCES.numpy()[:, 0, 0])]
     np.testing.assert_allclose(found.points[order], truth, atol=1e-6)
     assert (found.scores > 0.8).all() and (found.score > 4).all()
     # NumPy maps give the same result as tensors.
-    again = parse_instances(confidence.numpy(), pafs.numpy(), CHAIN, matcher=matcher)
+    again = parse_instances(confidence.numpy(), pafs.numpy(), MULTI_REACH_TREE, matcher=matcher)
     np.testing.assert_allclose(again.points, found.points)
 
 
@@ -204,11 +217,11 @@ def test_parser_keeps_instances_with_missing_parts_and_drops_lone_peaks() -> Non
     visible[0, 3] = False  # instance 0 without its target
     visible[2, 1:] = False  # instance 2: its base alone
     confidence, pafs = instance_maps(visible=visible)
-    found = parse_instances(confidence, pafs, CHAIN)
+    found = parse_instances(confidence, pafs, MULTI_REACH_TREE)
     assert len(found) == 2
     parts = sorted(found.present.sum(1).tolist())
     assert parts == [3, 4]
-    with_lone = parse_instances(confidence, pafs, CHAIN, min_parts=1)
+    with_lone = parse_instances(confidence, pafs, MULTI_REACH_TREE, min_parts=1)
     assert len(with_lone) == 3 and sorted(with_lone.present.sum(1).tolist()) == [1, 3, 4]
 
 
@@ -289,8 +302,15 @@ def test_evaluate_assembly_counts_parts_only_in_their_own_instance() -> None:
 
 
 def small_model(**kwargs) -> OpenPose:
+    """A small OpenPose of MultiReach's layout: three instances of four parts, its tree."""
     torch.manual_seed(0)
-    options = {"channels": 8, "map_stride": 2, **kwargs}
+    options = {
+        "keypoint_instances": MULTI_REACH_INSTANCES,
+        "limbs": MULTI_REACH_TREE.tolist(),
+        "channels": 8,
+        "map_stride": 2,
+        **kwargs,
+    }
     return make_perception("openpose", num_cameras=2, image_size=(48, 64), **options)
 
 
@@ -310,11 +330,34 @@ class OracleNetwork(nn.Module):
         return [self.paf, self.paf], [self.confidence]
 
 
-def test_registered_with_multireach_defaults() -> None:
+def test_registered_with_multireach_layout() -> None:
     assert "openpose" in available_perceptions()
     model = small_model()
     assert (model.num_instances, model.num_parts, model.map_size) == (3, 4, (24, 32))
     assert model.features_dim == 3 * 2 * 3 * 4 and model.keypoint_frame == "image"
+    assert model.limbs.tolist() == MULTI_REACH_TREE.tolist() == [list(p) for p in MULTI_REACH_LIMBS]
+
+
+def test_defaults_build_a_generic_tree() -> None:
+    """Built by name with no hyperparameters (the registry's smoke tests), OpenPose keeps its
+    instance layout and takes the chain through the parts, not one task's skeleton."""
+    model = make_perception("openpose", num_cameras=1, image_size=32)
+    assert (model.num_instances, model.num_parts) == (3, 4)
+    assert model.limbs.tolist() == [[0, 1], [1, 2], [2, 3]]
+    output = model.eval()(torch.rand(1, 1, 3, 32, 32), *cameras(1))
+    assert output.features.shape == (1, model.features_dim)
+
+
+def test_moved_names_are_still_importable_from_openpose() -> None:
+    """``benchmarks/openpose_assembly.py`` and older code import these from the module."""
+    from kp3d.perception import openpose, openpose_assembly, openpose_evaluation, openpose_fields
+
+    for home in (openpose_assembly, openpose_evaluation, openpose_fields):
+        for name in home.__all__:
+            if name in openpose.__all__:
+                assert getattr(openpose, name) is getattr(home, name), name
+    for name in openpose.__all__:
+        assert hasattr(openpose, name), name
 
 
 @pytest.mark.parametrize(

@@ -15,16 +15,15 @@ from kp3d.perception import (
     make_perception,
     save_perception,
 )
-from kp3d.perception.keypoint2d import normalized_coordinates
-from kp3d.perception.selftrain import (
+from kp3d.perception.coordinates import normalized_coordinates
+from kp3d.perception.selftrain_clustering import (
     assign_to_centroids,
     constrained_kmeans,
-    contrastive_descriptor_loss,
-    generic_keypoints,
     nearest_per_cluster,
-    sample_descriptors,
-    target_heatmaps,
 )
+from kp3d.perception.selftrain_labels import generic_keypoints
+from kp3d.perception.selftrain_losses import contrastive_descriptor_loss, target_heatmaps
+from kp3d.perception.selftrain_network import sample_descriptors
 
 IMAGE = 32
 
@@ -357,3 +356,21 @@ def test_landmark_training_reduces_the_loss() -> None:
         losses["landmarks"].backward()
         optimizer.step()
     assert history[-1] < 0.5 * history[0], history
+
+
+def test_moved_names_are_still_importable_from_selftrain() -> None:
+    """Older code imports these from the module itself."""
+    from kp3d.perception import (
+        selftrain,
+        selftrain_clustering,
+        selftrain_labels,
+        selftrain_losses,
+        selftrain_network,
+    )
+
+    for home in (selftrain_clustering, selftrain_labels, selftrain_losses, selftrain_network):
+        for name in home.__all__:
+            if name in selftrain.__all__:
+                assert getattr(selftrain, name) is getattr(home, name), name
+    for name in selftrain.__all__:
+        assert hasattr(selftrain, name), name

@@ -17,7 +17,7 @@ from kp3d.perception import (
     perception_hyperparameters,
     save_perception,
 )
-from kp3d.perception.keypoint2d import normalized_coordinates
+from kp3d.perception.coordinates import normalized_coordinates
 from kp3d.perception.transporter import transport_features
 from kp3d.spatial import gaussian_maps
 

@@ -16,7 +16,7 @@ from perception_fixtures import identity_cameras, losses_before_and_after_traini
 
 from kp3d.batch import FrameBatch
 from kp3d.perception import PerceptionOutput, Zhang2018, available_perceptions, make_perception
-from kp3d.perception.keypoint2d import normalized_coordinates
+from kp3d.perception.coordinates import normalized_coordinates
 from kp3d.perception.zhang2018 import (
     channel_landmarks,
     concentration_loss,

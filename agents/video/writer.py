@@ -1,9 +1,14 @@
-"""Writing rollout videos: MP4 through imageio-ffmpeg, GIF through imageio, never half-written."""
+"""Writing videos: MP4 through imageio-ffmpeg, GIF through imageio, never half-written.
+
+Owns the file side of :mod:`agents.video`: which formats exist, whether ffmpeg is there (and the
+GIF fallback when it is not), and the atomic, streaming write of a sequence of frames.
+"""
 
 from __future__ import annotations
 
 import functools
 import os
+import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -13,13 +18,6 @@ import numpy as np
 from kp3d.files import atomic_write
 
 VIDEO_SUFFIXES = (".mp4", ".gif")
-
-
-def upscale(image: np.ndarray, factor: int) -> np.ndarray:
-    """Nearest-neighbour upscaling of an ``(H, W, 3)`` image by an integer ``factor``."""
-    if factor < 1:
-        raise ValueError(f"upscale factor must be a positive integer; got {factor}")
-    return image.repeat(factor, axis=0).repeat(factor, axis=1)
 
 
 @functools.lru_cache(maxsize=1)
@@ -116,61 +114,18 @@ def write_video(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: floa
     return path
 
 
-# A fixed colour per keypoint index, across views and time (Tableau 10, then repeated).
-PALETTE = np.array(
-    [
-        (31, 119, 180),
-        (255, 127, 14),
-        (44, 160, 44),
-        (214, 39, 40),
-        (148, 103, 189),
-        (140, 86, 75),
-        (227, 119, 194),
-        (127, 127, 127),
-        (188, 189, 34),
-        (23, 190, 207),
-    ],
-    dtype=np.uint8,
-)
+def resolve_video_path(path: str | os.PathLike) -> Path:
+    """``path``, or the same name ending in ``.gif`` when it ends in ``.mp4`` and ffmpeg is not
+    available (with a warning)."""
+    path = Path(path)
+    if path.suffix.lower() == ".mp4" and not ffmpeg_available():
+        gif = path.with_suffix(".gif")
+        warnings.warn(
+            f"ffmpeg (imageio-ffmpeg) is not available: writing {gif} instead of {path}",
+            stacklevel=2,
+        )
+        return gif
+    return path
 
 
-def keypoint_colors(count: int) -> np.ndarray:
-    """``(count, 3)`` uint8 colours, one fixed colour per keypoint index."""
-    return PALETTE[np.arange(count) % len(PALETTE)]
-
-
-def draw_points(
-    image: np.ndarray,
-    pixels: np.ndarray,
-    colors: np.ndarray,
-    radius: int = 2,
-    filled: np.ndarray | None = None,
-) -> np.ndarray:
-    """Draw square markers in place.
-
-    Args:
-        image: ``(H, W, 3)`` uint8 image, modified in place.
-        pixels: ``(N, 2)`` marker centres in the pixel convention of :mod:`kp3d.geometry`
-            (``(u, v)``; the pixel containing a point is ``(floor(v), floor(u))``).
-        colors: ``(N, 3)`` uint8 colours.
-        radius: half side of each square, in pixels.
-        filled: ``(N,)`` bool; unfilled markers are drawn as outlines (e.g. occluded keypoints).
-
-    Returns:
-        ``image``.
-    """
-    height, width = image.shape[:2]
-    for n, (u, v) in enumerate(np.asarray(pixels, dtype=np.float64)):
-        if not (np.isfinite(u) and np.isfinite(v)):
-            continue
-        col, row = int(np.floor(u)), int(np.floor(v))
-        top, bottom = max(row - radius, 0), min(row + radius + 1, height)
-        left, right = max(col - radius, 0), min(col + radius + 1, width)
-        if top >= bottom or left >= right:
-            continue
-        if filled is None or filled[n]:
-            image[top:bottom, left:right] = colors[n]
-        else:
-            image[top:bottom, [left, right - 1]] = colors[n]
-            image[[top, bottom - 1], left:right] = colors[n]
-    return image
+__all__ = ["VIDEO_SUFFIXES", "ffmpeg_available", "resolve_video_path", "write_video"]

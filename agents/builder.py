@@ -210,7 +210,7 @@ def _build_algorithm(
         "policy_kwargs": policy_kwargs,
         "seed": config.seed,
         "device": resolve_device(config.device),
-        "verbose": config.verbose,
+        "verbose": max(config.verbose - 1, 0),  # SB3's own messages from verbose: 2
         "joint": config.perception.joint,
         "aux_loss_coef": config.perception.aux_loss_coef,
         "aux_batch_size": config.perception.aux_batch_size,

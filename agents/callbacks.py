@@ -1,6 +1,7 @@
 """Training-time callbacks that are not SB3's own: :class:`VideoCallback` renders the agent being
 trained every so many steps into the run directory and logs thumbnails to TensorBoard (config
-section ``video``). What they render comes from :mod:`agents.rollouts`.
+section ``video``; what it renders comes from :mod:`agents.rollouts`); :class:`Evaluation` is
+SB3's ``EvalCallback`` that waits for the first update and reports each evaluation in one line.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
 
 from agents.features import FeatureEncoder, FeaturePolicy
 from agents.rollouts import RolloutRenderer
@@ -129,4 +130,39 @@ class VideoCallback(BaseCallback):
                 output.writer.flush()
 
 
-__all__ = ["VideoCallback"]
+class Evaluation(EvalCallback):
+    """SB3's ``EvalCallback`` (periodic evaluations written to ``evaluations.npz``) with two
+    changes: no evaluation before the agent's first update (it would measure the initial random
+    policy, every run alike), and with ``report`` one line per evaluation on stdout instead of
+    SB3's three (``eval @ 5000 steps: success 45%, return -12.3 ± 3.1``)."""
+
+    def __init__(self, *args: Any, report: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, verbose=0, **kwargs)
+        self.report = report
+
+    def _on_step(self) -> bool:
+        if getattr(self.model, "_n_updates", 0) == 0:
+            return True  # SB3 counts n_calls itself: the next multiple of eval_freq evaluates
+        evaluated_before = len(self.evaluations_timesteps)
+        keep_going = super()._on_step()
+        if self.report and len(self.evaluations_timesteps) > evaluated_before:
+            returns = np.asarray(self.evaluations_results[-1], dtype=float)
+            line = f"eval @ {self.num_timesteps} steps: "
+            if self.evaluations_successes:
+                line += f"success {np.mean(self.evaluations_successes[-1]):.0%}, "
+            line += f"return {returns.mean():.1f} ± {returns.std():.1f}"
+            _write_line(line)
+        return keep_going
+
+
+def _write_line(text: str) -> None:
+    """Print a line without breaking a live progress bar (tqdm's ``write`` when loaded)."""
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover - tqdm comes with the progress extra
+        print(text, flush=True)
+    else:
+        tqdm.write(text)
+
+
+__all__ = ["Evaluation", "VideoCallback"]

@@ -1,18 +1,5 @@
-"""The ``kp3d`` command line.
-
-Subcommands:
-    kp3d envs                  list the registered environments
-    kp3d demo [--out DIR]      roll out every environment and write multi-camera MP4s
-    kp3d train CONFIG [...]    train an agent from a YAML config (configs/*.yaml)
-    kp3d train --resume RUN    continue an interrupted run
-    kp3d eval RUN [...]        evaluate a trained agent (return, success rate, video)
-    kp3d render RUN [...]      rollout video with the perceived keypoints (MP4 or GIF)
-    kp3d render --env ENV --random-policy [--perception CKPT]   the same without an agent
-    kp3d plot RUN [RUN ...]    learning curves (success rate, return; seeds pooled) as a PNG
-    kp3d bench envs [...]      environment throughput benchmark (numbers for BENCHMARKS.md)
-    kp3d dataset ENV --frames N --out DIR   write (or extend) a dataset of frames + ground truth
-    kp3d pretrain CONFIG [...] train a perception module offline on a dataset
-"""
+"""The ``kp3d`` command line: environments, training, evaluation, videos, datasets, perception
+pretraining and benchmarks. ``kp3d COMMAND --help`` describes a command and its options."""
 
 from __future__ import annotations
 
@@ -49,16 +36,18 @@ def _cmd_envs(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from agents.demo import rollout_videos
 
-    paths = rollout_videos(
+    videos = rollout_videos(
         Path(args.out),
         steps=args.steps,
         size=args.size,
         seed=args.seed,
         upscale_factor=args.upscale,
     )
-    print("wrote:")
-    for path in paths:
-        print(f"  {path}")
+    print(f"wrote {len(videos)} videos ({args.steps} random steps each):")
+    task_width = max(len(video.env_id) for video in videos)
+    cameras_width = max(len(", ".join(video.cameras)) for video in videos)
+    for video in videos:
+        print(f"  {video.line(task_width, cameras_width)}")
     return 0
 
 
@@ -120,14 +109,20 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     quiet = contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()
     with quiet:
         result = evaluate(
-            args.run_dir, episodes=args.episodes, deterministic=args.deterministic, video=video
+            args.run_dir,
+            episodes=args.episodes,
+            deterministic=args.deterministic,
+            video=video,
+            video_episodes=args.video_episodes,
         )
     if args.json:
         print(json.dumps(result.as_dict()))
         return 0
     print(f"{args.run_dir}: {result.summary()}")
     if result.video is not None:
-        print(f"video: {result.video}")
+        print(f"video: {result.video} ({args.video_episodes} episodes)")
+    else:
+        print("nothing written (--video writes a rollout video)")
     return 0
 
 
@@ -199,7 +194,7 @@ def _cmd_dataset(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"\ninterrupted; the frames so far are in {args.out} (re-run to continue)")
         return 130
-    print(f"{args.out}: {meta['frames']} frames in {len(meta['shards'])} shards")
+    print(f"dataset: {args.out} ({meta['frames']} frames in {len(meta['shards'])} shards)")
     return 0
 
 
@@ -240,26 +235,56 @@ def _cmd_bench_envs(args: argparse.Namespace) -> int:
         workers=args.workers,
         json_path=args.json,
     )
+    print(
+        f"results: {args.json}" if args.json else "nothing written (--json FILE saves the results)"
+    )
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="kp3d", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="kp3d",
+        description="kp3d: robot learning from pixels through keypoints, on multi-camera MuJoCo "
+        "environments.",
+        epilog="Run `kp3d COMMAND --help` for what a command does and its options.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    envs_parser = commands.add_parser("envs", help="list the registered environments")
+    envs_parser = commands.add_parser(
+        "envs",
+        help="list the registered environments",
+        description="List every registered kp3d environment: its cameras (fixed or moving), "
+        "image size, action and observation spaces, and keypoint names. Writes nothing.",
+    )
     envs_parser.set_defaults(handler=_cmd_envs)
 
-    demo = commands.add_parser("demo", help="roll out every env and write multi-camera videos")
-    demo.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
-    demo.add_argument("--steps", type=_positive_int, default=100, help="steps per env")
-    demo.add_argument("--size", type=_positive_int, default=64, help="image side in pixels")
-    demo.add_argument(
-        "--upscale", type=_positive_int, default=4, help="nearest-neighbour upscaling of the frames"
+    demo = commands.add_parser(
+        "demo",
+        help="roll out every env and write multi-camera videos",
+        description="Roll out random actions in every registered environment and write one MP4 "
+        "each: the cameras side by side with the ground-truth keypoints drawn where the camera "
+        "matrices project them (filled: visible, outline: occluded), under a title naming the "
+        "task and the cameras. Prints the list of files written.",
     )
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--out", default="runs/demo", help="output folder (default: %(default)s)")
+    demo.add_argument(
+        "--steps", type=_positive_int, default=100, help="steps per env (default: %(default)s)"
+    )
+    demo.add_argument(
+        "--size",
+        type=_positive_int,
+        default=64,
+        help="camera image side in pixels (default: %(default)s)",
+    )
+    demo.add_argument(
+        "--upscale",
+        type=_positive_int,
+        default=4,
+        help="nearest-neighbour upscaling of the frames (default: %(default)s)",
+    )
+    demo.add_argument(
+        "--seed", type=int, default=0, help="env and action seed (default: %(default)s)"
+    )
     demo.set_defaults(handler=_cmd_demo)
 
     train = commands.add_parser(
@@ -272,17 +297,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_arguments(
         train,
         set_help="override a config key, e.g. --set ppo.learning_rate=1e-4 (repeatable; the "
-        "value is read as YAML)",
+        "value is read as YAML; default: none)",
         run_dir_help="directory of the new run (default: runs/{env}__{exp}__{seed}__{time}); it "
         "must not hold anything yet",
         resume_help="continue this run from its checkpoint up to its n_timesteps",
     )
     train.set_defaults(handler=_cmd_train)
 
-    evaluation = commands.add_parser("eval", help="evaluate a trained agent")
+    evaluation = commands.add_parser(
+        "eval",
+        help="evaluate a trained agent",
+        description="Run a trained agent for some episodes on a fresh env seeded like the run's "
+        "periodic evaluations and print the mean return, success rate and episode length; "
+        "optionally write a video of the first episodes with the perceived keypoints.",
+    )
     evaluation.add_argument("run_dir", help="run directory written by kp3d train")
     evaluation.add_argument(
-        "--episodes", type=_positive_int, default=10, help="episodes to run (default: 10)"
+        "--episodes", type=_positive_int, default=10, help="episodes to run (default: %(default)s)"
     )
     evaluation.add_argument(
         "--json",
@@ -297,8 +328,15 @@ def build_parser() -> argparse.ArgumentParser:
         const="",
         default=None,
         metavar="PATH",
-        help="write the first episode with the perceived keypoints as a video (default path: "
-        "RUN_DIR/videos/eval.mp4)",
+        help="write the first episodes with the perceived keypoints as a video (default: no "
+        "video; PATH defaults to RUN_DIR/videos/eval.mp4)",
+    )
+    evaluation.add_argument(
+        "--video-episodes",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="episodes recorded by --video (default: %(default)s)",
     )
     evaluation.set_defaults(handler=_cmd_eval)
 
@@ -330,7 +368,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--random-policy", action="store_true", help="act uniformly at random, not with the agent"
     )
     render.add_argument(
-        "--episodes", type=_positive_int, default=1, help="episodes to render (default: 1)"
+        "--episodes",
+        type=_positive_int,
+        default=1,
+        help="episodes to render (default: %(default)s)",
     )
     render.add_argument(
         "--out",
@@ -348,7 +389,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="cameras to show, in this order (default: all; the agent still sees all)",
     )
     render.add_argument(
-        "--max-steps", type=_positive_int, default=None, help="cut episodes after N steps"
+        "--max-steps",
+        type=_positive_int,
+        default=None,
+        help="cut episodes after N steps (default: the env's episode length)",
     )
     render.add_argument(
         "--seed", type=int, default=None, help="env seed (default: the run's evaluation seed)"
@@ -362,7 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument(
         "--fps", type=float, default=None, help="frames per second (default: real time)"
     )
-    render.add_argument("--device", default="auto", help="torch device (default: auto)")
+    render.add_argument("--device", default="auto", help="torch device (default: %(default)s)")
     render.set_defaults(handler=_cmd_render)
 
     plot = commands.add_parser(
@@ -385,7 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--spread",
         choices=("minmax", "std"),
         default="minmax",
-        help="shaded band: min-max across seeds (default) or mean ± one std",
+        help="shaded band: min-max across seeds, or mean ± one std (default: %(default)s)",
     )
     plot.set_defaults(handler=_cmd_plot)
 
@@ -397,19 +441,26 @@ def build_parser() -> argparse.ArgumentParser:
         "command continues an interrupted dataset; a larger --frames extends it.",
     )
     dataset.add_argument("env_id", help="a kp3d env id, e.g. kp3d/Reach-v0")
-    dataset.add_argument("--frames", type=_positive_int, required=True, help="total frames")
-    dataset.add_argument("--out", required=True, help="dataset directory")
+    dataset.add_argument(
+        "--frames", type=_positive_int, required=True, help="total frames (required)"
+    )
+    dataset.add_argument("--out", required=True, help="dataset directory (required)")
     dataset.add_argument(
         "--policy",
         default="random",
-        help="'random' (default) or the run directory of an agent trained on ENV_ID",
+        help="'random' or the run directory of an agent trained on ENV_ID (default: %(default)s)",
     )
     dataset.add_argument(
         "--size", type=_positive_int, default=None, help="image side (default: the env's)"
     )
-    dataset.add_argument("--seed", type=int, default=0)
     dataset.add_argument(
-        "--shard-size", type=_positive_int, default=1000, help="frames per shard (default 1000)"
+        "--seed", type=int, default=0, help="env and policy seed (default: %(default)s)"
+    )
+    dataset.add_argument(
+        "--shard-size",
+        type=_positive_int,
+        default=1000,
+        help="frames per shard (default: %(default)s)",
     )
     dataset.set_defaults(handler=_cmd_dataset)
 
@@ -423,32 +474,63 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_run_arguments(
         pretrain,
-        set_help="override a config key, e.g. --set steps=2000 (repeatable; read as YAML)",
+        set_help="override a config key, e.g. --set steps=2000 (repeatable; read as YAML; "
+        "default: none)",
         run_dir_help="directory of the new run (default: "
         "runs/pretrain/{env}__{exp}__{seed}__{time})",
         resume_help="continue this run up to its steps",
     )
     pretrain.set_defaults(handler=_cmd_pretrain)
 
-    bench = commands.add_parser("bench", help="benchmarks")
+    bench = commands.add_parser(
+        "bench",
+        help="benchmarks",
+        description="Benchmarks whose numbers BENCHMARKS.md reports. `kp3d bench TARGET --help` "
+        "describes each.",
+    )
     targets = bench.add_subparsers(dest="target", required=True, metavar="TARGET")
-    bench_envs = targets.add_parser("envs", help="env steps/s against a bare render loop")
-    bench_envs.add_argument("--env", default="kp3d/Reach-v0")
-    bench_envs.add_argument("--steps", type=_positive_int, default=2000)
+    bench_envs = targets.add_parser(
+        "envs",
+        help="env steps/s against a bare render loop",
+        description="Time an env's steps (random actions, all wrappers) against the floor: the "
+        "same physics and cameras drawn by a bare mujoco.Renderer loop. Prints a Markdown table "
+        "with the env's time per step as a multiple of the floor's (lower is better).",
+    )
+    bench_envs.add_argument(
+        "--env", default="kp3d/Reach-v0", help="env id to time (default: %(default)s)"
+    )
+    bench_envs.add_argument(
+        "--steps",
+        type=_positive_int,
+        default=2000,
+        help="steps timed per measurement (default: %(default)s)",
+    )
     bench_envs.add_argument(
         "--repeats",
         type=_positive_int,
         default=5,
-        help="interleaved repetitions; the median is reported",
+        help="interleaved repetitions; the median is reported (default: %(default)s)",
     )
-    bench_envs.add_argument("--sizes", type=_positive_int, nargs="+", default=[64, 128])
+    bench_envs.add_argument(
+        "--sizes",
+        type=_positive_int,
+        nargs="+",
+        default=[64, 128],
+        metavar="SIZE",
+        help="image sides in pixels, one table row each (default: 64 128)",
+    )
     bench_envs.add_argument(
         "--workers",
         type=int,
         default=2,
-        help="worker processes for the vectorised measurement (0: skip)",
+        help="worker processes for the vectorised measurement, 0 to skip it (default: %(default)s)",
     )
-    bench_envs.add_argument("--json", default=None, help="also write the results as JSON here")
+    bench_envs.add_argument(
+        "--json",
+        default=None,
+        metavar="FILE",
+        help="also write the results as JSON here (default: not written)",
+    )
     bench_envs.set_defaults(handler=_cmd_bench_envs)
     return parser
 
@@ -461,18 +543,17 @@ def _add_run_arguments(
     :func:`_start_or_resume`)."""
     parser.add_argument("config", nargs="?", help="YAML config file (omit with --resume)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
-    parser.add_argument("--run-dir", default=None, help=run_dir_help)
+    parser.add_argument("--run-dir", default=None, metavar="DIR", help=run_dir_help)
     parser.add_argument("--resume", default=None, metavar="RUN_DIR", help=resume_help)
 
 
 def _add_deterministic_argument(parser: argparse.ArgumentParser) -> None:
     """``--deterministic/--no-deterministic`` of the commands that roll out an agent."""
-    parser.add_argument(
-        "--deterministic",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="act with the mean action (default) or sample (--no-deterministic)",
+    action = parser.add_argument(
+        "--deterministic", action=argparse.BooleanOptionalAction, default=True
     )
+    # Set afterwards: Python 3.10's BooleanOptionalAction appends its own "(default: ...)".
+    action.help = "act with the mean action, or sample with --no-deterministic (default: mean)"
 
 
 def _positive_int(text: str) -> int:

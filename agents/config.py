@@ -34,6 +34,7 @@ import dataclasses
 import math
 import types
 import typing
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -304,7 +305,8 @@ class TrainConfig:
     """Experiment name in the run directory's name; ``null``: the config file's stem."""
 
     n_timesteps: int = 1_000_000
-    """Total env steps (over all envs) of the run."""
+    """Total env steps (over all envs) of the run. PPO trains whole rollouts of ``ppo.n_steps *
+    n_envs`` steps, so its runs end at the next multiple of that (``kp3d train`` says so once)."""
 
     n_envs: int = 4
     """Parallel envs."""
@@ -353,7 +355,8 @@ class TrainConfig:
     """Show SB3's progress bar (when ``tqdm`` and ``rich`` are installed)."""
 
     verbose: int = 1
-    """0: quiet; 1: SB3's periodic tables on stdout."""
+    """0: quiet; 1: the stages, a progress bar, one line per evaluation and a summary; 2: also
+    SB3's periodic tables on stdout (they always go to ``logs/``: TensorBoard and CSV)."""
 
 
 # -- YAML ----------------------------------------------------------------------------------------
@@ -558,12 +561,28 @@ def read_config_file(
     if not isinstance(data, Mapping):
         raise ConfigError(f"config {str(path)!r} must be a YAML mapping; got {type(data).__name__}")
     data = apply_overrides(data, overrides)
+    if cls is TrainConfig:
+        for section in inapplicable_sections(data):
+            warnings.warn(
+                f"{path}: section {section!r} does not apply to algo "
+                f"{data.get('algo', 'ppo')!r} and is ignored",
+                stacklevel=2,
+            )
     if "exp_name" in {f.name for f in dataclasses.fields(cls)}:
         data.setdefault("exp_name", path.stem)
     try:
         return dataclass_from_dict(cls, data)
     except ConfigError as error:
         raise ConfigError(f"{path}: {error}") from None
+
+
+INAPPLICABLE = {"ppo": ("sac",), "sac": ("ppo", "unsupervised")}
+"""Config sections that the other algorithm alone reads (``unsupervised`` is PPO's)."""
+
+
+def inapplicable_sections(data: Mapping[str, Any]) -> list[str]:
+    """The sections of a config mapping that its ``algo`` ignores."""
+    return [key for key in INAPPLICABLE.get(data.get("algo", "ppo"), ()) if key in data]
 
 
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
@@ -596,6 +615,7 @@ __all__ = [
     "config_from_dict",
     "config_to_dict",
     "dataclass_from_dict",
+    "inapplicable_sections",
     "load_config",
     "parse_override",
     "parse_yaml",

@@ -36,10 +36,14 @@ class Range:
 
     def __str__(self) -> str:
         if self.high is None:
-            return f"{'greater than' if self.low_open else 'at least'} {self.low:g}"
+            return f"{'greater than' if self.low_open else 'at least'} {_number(self.low)}"
         left = "(" if self.low_open else "["
         right = ")" if self.high_open else "]"
-        return f"in {left}{self.low:g}, {self.high:g}{right}"
+        return f"in {left}{_number(self.low)}, {_number(self.high)}{right}"
+
+
+def _number(value: float | None) -> str:
+    return f"{int(value)}" if value is not None and float(value).is_integer() else f"{value:g}"
 
 
 COUNT = Range(1)

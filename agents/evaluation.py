@@ -78,6 +78,7 @@ def evaluate(
     deterministic: bool = True,
     video: str | Path | None = None,
     device: str = "auto",
+    video_episodes: int = 1,
 ) -> Evaluation:
     """Run a trained agent for ``episodes`` episodes on a fresh env (seeded like the run's
     periodic evaluations).
@@ -86,17 +87,20 @@ def evaluate(
         run_dir: a run directory.
         episodes: number of episodes.
         deterministic: act with the mean action.
-        video: also write the first episode as an MP4 or GIF here, drawn by
+        video: also write the first ``video_episodes`` episodes as an MP4 or GIF here, drawn by
             :func:`agents.render.render_video` (the same seed: with ``deterministic`` actions, the
-            same episode). An MP4 becomes a GIF when ffmpeg is missing (:attr:`Evaluation.video`
+            same episodes). An MP4 becomes a GIF when ffmpeg is missing (:attr:`Evaluation.video`
             says which).
         device: torch device.
+        video_episodes: episodes recorded in ``video``.
 
     Returns:
         Per-episode returns, lengths and successes (:class:`Evaluation`).
     """
     if episodes < 1:
         raise ValueError(f"episodes must be at least 1; got {episodes}")
+    if video_episodes < 1:
+        raise ValueError(f"video_episodes must be at least 1; got {video_episodes}")
     path = Path(run_dir)
     config = read_run_config(path)
     set_torch_threads(config.torch_threads)
@@ -132,7 +136,7 @@ def evaluate(
         written = render_video(
             path,
             video,
-            episodes=1,
+            episodes=video_episodes,
             deterministic=deterministic,
             seed=config.seed + EVAL_SEED_OFFSET,
             device=device,

@@ -384,7 +384,7 @@ def _train(config: PretrainConfig, run_dir: Path, resuming: bool) -> Path:
     optimizer = torch.optim.Adam(module.parameters(), lr=config.learning_rate)
     if resuming:
         optimizer.load_state_dict(state["optimizer"])
-    logger = make_logger(run_dir, verbose=0, suffix=f"_from_{step}" if resuming else "")
+    logger = make_logger(run_dir, stdout=False, suffix=f"_from_{step}" if resuming else "")
     last_metrics: dict[str, Any] = {}
 
     def checkpoint() -> None:

@@ -163,12 +163,12 @@ def read_run_config(run_dir: str | Path) -> TrainConfig:
         ) from None
 
 
-def make_logger(run_dir: Path, verbose: int, suffix: str) -> Logger:
-    """SB3 logger of a run: CSV (and TensorBoard when installed) in ``run_dir/logs``, stdout when
-    ``verbose``; file names end with ``suffix``."""
+def make_logger(run_dir: Path, stdout: bool, suffix: str) -> Logger:
+    """SB3 logger of a run: CSV (and TensorBoard when installed) in ``run_dir/logs``, and SB3's
+    tables on stdout when ``stdout``; file names end with ``suffix``."""
     folder = str(run_dir / LOG_DIR)
     formats = ["csv"]
-    if verbose >= 1:
+    if stdout:
         formats.append("stdout")
     if importlib.util.find_spec("tensorboard") is not None:
         formats.append("tensorboard")

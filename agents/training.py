@@ -48,7 +48,7 @@ from agents.builder import (
     run_layout,
     sac_arguments,
 )
-from agents.callbacks import VideoCallback
+from agents.callbacks import Evaluation, VideoCallback
 from agents.checkpoints import (
     REPLAY_BUFFER_FILE,
     VEC_NORMALIZE_FILE,
@@ -166,6 +166,16 @@ class CheckpointCallback(BaseCallback):
             self._saved_at = self.num_timesteps // self.freq
             save_checkpoint(self.model, self.run_dir, self.replay_buffer)
         return True
+
+
+def trained_steps(config: TrainConfig, remaining: int) -> int:
+    """The env steps a ``learn`` of ``remaining`` steps takes: PPO collects whole rollouts of
+    ``n_steps * n_envs`` steps (SB3 rounds up); SAC stops at the step asked for (within one
+    ``train_freq`` of every env)."""
+    if config.algo != "ppo" or remaining <= 0:
+        return max(remaining, 0)
+    rollout = config.ppo.n_steps * config.n_envs
+    return -(-remaining // rollout) * rollout
 
 
 def _progress_bar_available() -> bool:
@@ -305,7 +315,7 @@ def _learn(config: TrainConfig, run_dir: Path, layout: CameraLayout | None, resu
         else:
             model = build_model(config, env, layout)
         suffix = f"_from_{model.num_timesteps}" if resuming else ""
-        model.set_logger(make_logger(run_dir, config.verbose, suffix))
+        model.set_logger(make_logger(run_dir, config.verbose >= 2, suffix))
 
         callbacks: list[BaseCallback] = []
         if config.checkpoint_freq > 0:
@@ -314,13 +324,13 @@ def _learn(config: TrainConfig, run_dir: Path, layout: CameraLayout | None, resu
             eval_env = make_run_env(
                 config, layout, 1, config.seed + EVAL_SEED_OFFSET, training=False, encoder=encoder
             )
-            evaluation = EvalCallback(
+            evaluation = Evaluation(
                 eval_env,
                 n_eval_episodes=config.eval.episodes,
                 eval_freq=max(config.eval.freq // config.n_envs, 1),
                 log_path=str(run_dir / EVAL_DIR),
                 deterministic=config.eval.deterministic,
-                verbose=config.verbose,
+                report=config.verbose >= 1,
             )
             if resuming:
                 _restore_evaluations(evaluation, run_dir / EVAL_DIR / "evaluations.npz")
@@ -344,6 +354,15 @@ def _learn(config: TrainConfig, run_dir: Path, layout: CameraLayout | None, resu
         remaining = config.n_timesteps - model.num_timesteps
         if config.verbose >= 1:
             print(f"run: {run_dir}  ({model.num_timesteps}/{config.n_timesteps} steps done)")
+            rounded = trained_steps(config, remaining)
+            if rounded != remaining:
+                print(
+                    f"note: PPO trains whole rollouts of n_steps x n_envs = "
+                    f"{config.ppo.n_steps * config.n_envs} steps: {remaining} steps to go become "
+                    f"{rounded}",
+                    flush=True,
+                )
+        started = time.perf_counter()
         try:
             # The first Ctrl-C stops learning at the next env step (a signal raised inside a
             # ctypes call of the renderer would escape `except KeyboardInterrupt`).
@@ -365,6 +384,13 @@ def _learn(config: TrainConfig, run_dir: Path, layout: CameraLayout | None, resu
             )
             raise TrainingInterrupted(run_dir, model.num_timesteps) from None
         save_checkpoint(model, run_dir, save_replay)
+        if config.verbose >= 1 and remaining > 0:
+            minutes = (time.perf_counter() - started) / 60
+            print(
+                f"trained to step {model.num_timesteps} in {minutes:.1f} min; checkpoint: "
+                f"{run_dir / MODEL_FILE}",
+                flush=True,
+            )
     finally:
         close_quietly(env)
         if eval_env is not None:
@@ -404,4 +430,5 @@ __all__ = [
     "save_checkpoint",
     "set_torch_threads",
     "train",
+    "trained_steps",
 ]

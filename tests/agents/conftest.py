@@ -127,14 +127,15 @@ def record_logs():
 
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory) -> Path:
-    """A finished run of :data:`TINY` (32 steps), shared by the render and plot tests: periodic
-    evaluations at steps 16 and 32 (one episode each) and a periodic video at step 32 (episodes
+    """A finished run of :data:`TINY` for 64 steps (two rollouts), shared by the render and plot
+    tests: periodic evaluations at steps 48 and 64 (one episode each; those at 16 and 32 come
+    before the first update and are skipped) and periodic videos at steps 32 and 64 (episodes
     cut at 4 steps). Named like ``kp3d train`` names runs."""
     from agents.config import config_from_dict
     from agents.training import train
 
     config = config_from_dict(
-        _tiny(eval={"freq": 16, "episodes": 1}, video={"freq": 32, "max_steps": 4})
+        _tiny(n_timesteps=64, eval={"freq": 16, "episodes": 1}, video={"freq": 32, "max_steps": 4})
     )
     runs = tmp_path_factory.mktemp("trained")
     return train(config, run_dir=runs / "kp3d-Reach-v0__tiny__0__1700000000")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pytest
@@ -33,12 +34,32 @@ def test_the_issue_s_task_and_method_grid_is_shipped() -> None:
 
 @pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: p.stem)
 def test_every_shipped_config_loads_and_checks(path: Path) -> None:
-    config = load_config(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. a section its algo ignores
+        config = load_config(path)
     assert isinstance(config, TrainConfig)
     assert config.exp_name
     name = config.perception.name
     assert name is None or name in available_perceptions(), name
     check_config(config)
+
+
+def test_a_section_the_algorithm_ignores_is_named(write_config) -> None:
+    path = write_config({"env_id": "kp3d/Reach-v0", "algo": "ppo", "sac": {"batch_size": 8}})
+    with pytest.warns(UserWarning, match=r"section 'sac' does not apply to algo 'ppo'"):
+        load_config(path)
+    path = write_config({"env_id": "kp3d/Reach-v0", "algo": "sac", "unsupervised": {"steps": 2}})
+    with pytest.warns(UserWarning, match=r"section 'unsupervised' does not apply to algo 'sac'"):
+        load_config(path)
+
+
+def test_ppo_rounds_to_whole_rollouts_and_says_so() -> None:
+    from agents.training import trained_steps
+
+    config = config_from_dict({"env_id": "kp3d/Reach-v0", "n_envs": 4, "ppo": {"n_steps": 256}})
+    assert trained_steps(config, 512) == 1024 and trained_steps(config, 2048) == 2048
+    sac = config_from_dict({"env_id": "kp3d/Reach-v0", "algo": "sac"})
+    assert trained_steps(sac, 512) == 512
 
 
 def test_defaults_are_the_reference_ppo_hyperparameters() -> None:
@@ -149,3 +170,14 @@ def test_unknown_perception_kwargs_list_the_valid_ones() -> None:
     )
     with pytest.raises(ConfigError, match=r"\['num_keypoint'\].*mean_depth.*num_keypoints"):
         check_config(config)
+
+
+def test_the_config_reference_page_matches_the_code() -> None:
+    from agents.config_reference import config_reference
+
+    page = (CONFIG_DIR.parent / "docs" / "config.md").read_text()
+    assert page == config_reference(), (
+        "regenerate: python -m agents.config_reference > docs/config.md"
+    )
+    for key in ("`n_timesteps`", "`perception.pretrain.frames`", "`sac.ent_coef`", "`video.freq`"):
+        assert key in page

@@ -81,7 +81,7 @@ def test_the_figure_is_written_as_a_png(tmp_path: Path, tiny_config) -> None:
 
 def test_plot_a_trained_run_from_the_command_line(trained_run: Path, tmp_path, capsys) -> None:
     (group,) = learning_curves([trained_run])
-    assert group.label == "tiny" and group.timesteps.tolist() == [16, 32]
+    assert group.label == "tiny" and group.timesteps.tolist() == [48, 64]
     assert group.success_rates is not None
     assert main(["plot", str(trained_run.parent), "--out", str(tmp_path / "curves.png")]) == 0
     assert capsys.readouterr().out.strip() == f"figure: {tmp_path / 'curves.png'}"

@@ -218,9 +218,10 @@ def test_periodic_training_videos_are_saved_and_logged(trained_run: Path) -> Non
     (events,) = glob.glob(str(trained_run / "logs" / "events.out.tfevents.*"))
     accumulator = EventAccumulator(events, size_guidance={"images": 0})
     accumulator.Reload()
-    (image,) = accumulator.Images("kp3d/rollout")
+    images = accumulator.Images("kp3d/rollout")
+    assert [image.step for image in images] == [32, 64]  # video.freq 32 over 64 steps
+    image = images[0]
     # Four frames at half size, two by two.
-    assert image.step == 32
     assert (image.height, image.width) == (frames.shape[1] // 2 * 2, frames.shape[2] // 2 * 2)
 
 
@@ -237,6 +238,19 @@ def test_render_from_the_command_line(trained_run: Path, tmp_path: Path, capsys)
     assert "--random-policy" in capsys.readouterr().err
     assert main(["render", str(trained_run), "--camera", "nope", "--out", str(out)]) == 2
     assert "unknown cameras ['nope']" in capsys.readouterr().err
+
+
+def test_eval_records_as_many_episodes_as_asked(trained_run: Path, tmp_path: Path, capsys):
+    out = tmp_path / "eval.mp4"
+    args = ["eval", str(trained_run), "--episodes", "1", "--video", str(out)]
+    assert main([*args, "--video-episodes", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.rstrip().endswith(f"video: {out} (2 episodes)")
+    # Two deterministic Reach episodes of 100 steps, each with its reset frame.
+    assert iio.imread(out, plugin="FFMPEG").shape[0] == 2 * (100 + 1)
+    with pytest.raises(SystemExit):
+        main([*args, "--video-episodes", "0"])
+    assert "positive integer" in capsys.readouterr().err
 
 
 def test_bad_sources_are_refused(trained_run: Path) -> None:

@@ -23,8 +23,9 @@ from kp3d.files import atomic_write
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, tiny_config) -> Path:
-    """A 32-step Keypoint3D PPO run with one periodic evaluation and normalised rewards."""
-    config = config_from_dict(tiny_config(eval={"freq": 32, "episodes": 1}))
+    """A 64-step Keypoint3D PPO run (two rollouts of 2 x 16) with normalised rewards, evaluated
+    every 32 steps: at 64 only, the evaluation at 32 coming before the first update."""
+    config = config_from_dict(tiny_config(n_timesteps=64, eval={"freq": 32, "episodes": 1}))
     return agents.train(config, run_dir=tmp_path_factory.mktemp("runs") / "run")
 
 
@@ -39,15 +40,15 @@ def test_a_run_directory_holds_config_checkpoint_logs_and_evaluations(finished_r
     assert "logs/progress.csv" in files
     assert not any(".partial" in f for f in files)
     saved = yaml.safe_load((finished_run / "config.yaml").read_text())
-    assert saved["n_timesteps"] == 32 and saved["ppo"]["gamma"] == 0.99  # resolved defaults
+    assert saved["n_timesteps"] == 64 and saved["ppo"]["gamma"] == 0.99  # resolved defaults
     with np.load(finished_run / "eval" / "evaluations.npz") as evaluations:
-        assert list(evaluations["timesteps"]) == [32]
+        assert list(evaluations["timesteps"]) == [64]  # none before the first update
         assert evaluations["successes"].shape == (1, 1)
 
 
 def test_load_and_evaluate(finished_run: Path, tmp_path: Path) -> None:
     model = agents.load(finished_run, device="cpu")
-    assert model.num_timesteps == 32
+    assert model.num_timesteps == 64
     result = agents.evaluate(finished_run, episodes=1, video=tmp_path / "rollout.mp4")
     assert result.returns.shape == (1,) and result.lengths.tolist() == [100]
     assert 0.0 <= result.success_rate <= 1.0
@@ -72,19 +73,19 @@ def test_resume_continues_step_count_and_optimizer_state(finished_run: Path, tmp
         _adam_steps(before.policy.optimizer),
         _adam_steps(before.perception_optimizer),
     )
-    assert agents.resume(run, ["n_timesteps=64"]) == run
+    assert agents.resume(run, ["n_timesteps=128"]) == run
     after = agents.load(run, device="cpu")
-    assert after.num_timesteps == 64
-    # One more update of the same size: Adam's step counts doubled (a fresh optimizer would not).
+    assert after.num_timesteps == 128
+    # As many updates again: Adam's step counts doubled (a fresh optimizer would not).
     assert _adam_steps(after.policy.optimizer) == 2 * policy_steps
     assert _adam_steps(after.perception_optimizer) == 2 * perception_steps
-    assert read_run_config(run).n_timesteps == 64
+    assert read_run_config(run).n_timesteps == 128
     with np.load(run / "eval" / "evaluations.npz") as evaluations:
-        assert list(evaluations["timesteps"]) == [32, 64]  # the history carried over
-    assert (run / "logs" / "progress_from_32.csv").is_file()
+        assert list(evaluations["timesteps"]) == [64, 96, 128]  # the history carried over
+    assert (run / "logs" / "progress_from_64.csv").is_file()
     # A finished run resumes to nothing.
     agents.resume(run)
-    assert agents.load(run, device="cpu").num_timesteps == 64
+    assert agents.load(run, device="cpu").num_timesteps == 128
 
 
 def test_a_resumed_run_keeps_its_agent(finished_run: Path) -> None:
@@ -147,3 +148,22 @@ def test_the_demo_s_keypoints_carry_the_arm_and_the_target(tmp_path: Path) -> No
     last = json.loads((run / "evaluations.jsonl").read_text().splitlines()[-1])
     for keypoint in ("target", "fingertip", "elbow"):
         assert last["probe_per_keypoint"][keypoint]["r2"] > 0.95, (keypoint, last)
+
+
+def test_evaluations_are_one_line_each_and_wait_for_an_update(
+    tmp_path: Path, tiny_config, capsys
+) -> None:
+    config = config_from_dict(
+        tiny_config(n_timesteps=64, verbose=1, eval={"freq": 16, "episodes": 1})
+    )
+    agents.train(config, run_dir=tmp_path / "run")
+    lines = capsys.readouterr().out.splitlines()
+    evaluations = [line for line in lines if line.startswith("eval @")]
+    # Every 16 steps, but not before the first update (after the rollout of 32 steps).
+    assert [line.split()[2] for line in evaluations] == ["48", "64"]
+    assert all(
+        re.fullmatch(r"eval @ \d+ steps: success \d+%, return -?[\d.]+ ± [\d.]+", line)
+        for line in evaluations
+    )
+    assert not any("rollout/" in line or "----" in line for line in lines)  # no SB3 tables
+    assert any(line.startswith("trained to step 64 in") for line in lines)

@@ -52,3 +52,18 @@ def losses_before_and_after_training(
         loss.backward()
         optimizer.step()
     return before, total_loss()
+
+
+def object_error(reconstructions: torch.Tensor, crops: torch.Tensor) -> tuple[float, float]:
+    """Squared error on the moving objects' pixels (where a view differs from the per-pixel
+    median of the batch) of ``reconstructions`` and of the mean image, which cannot place them.
+    The training loss weights those pixels up (``foreground_weight``), so the background may
+    still be rough when the objects are right: the whole-image error would hide that."""
+    background = crops.median(dim=0, keepdim=True).values
+    mask = ((crops - background).abs().sum(dim=2, keepdim=True) > 0.1).float()
+
+    def masked(error: torch.Tensor) -> float:
+        return (error * mask).sum().item() / (3 * mask.sum().item())
+
+    mean_image = crops.mean(dim=0, keepdim=True)
+    return masked((reconstructions - crops).square()), masked((mean_image - crops).square())

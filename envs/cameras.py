@@ -249,8 +249,12 @@ class Cameras:
 
     Attributes:
         names: camera names.
-        height, width: image size in pixels.
+        height, width: image size in pixels (also :attr:`size`).
         moving: per camera, whether its extrinsics can change from step to step.
+
+    ``repr()`` lists the cameras with their kinds and whether they move, e.g. (Reach)
+    ``Cameras(3 cameras, size=(64, 64): front (free, fixed), side (free, fixed), top (named,
+    fixed))``.
     """
 
     def __init__(
@@ -351,6 +355,19 @@ class Cameras:
     # -- queries ----------------------------------------------------------------------------------
     def __len__(self) -> int:
         return len(self.specs)
+
+    def __repr__(self) -> str:
+        count = f"{len(self)} camera{'s' if len(self) != 1 else ''}"
+        cameras = ", ".join(
+            f"{spec.name} ({spec.kind}, {'moving' if moving else 'fixed'})"
+            for spec, moving in zip(self.specs, self.moving, strict=True)
+        )
+        return f"{type(self).__name__}({count}, size={self.size}: {cameras})"
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """Image size in pixels, ``(height, width)`` (read-only)."""
+        return self.height, self.width
 
     def index(self, camera: int | str) -> int:
         """Index of a camera given its index or name (clear error otherwise)."""

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import multiprocessing
-from collections.abc import Callable
+import os
+import sys
+from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
 import gymnasium as gym
@@ -31,6 +35,10 @@ def make_vec_env(
     cannot fork safely. Workers create their renderer on first use and free it on ``close()``.
     ``"dummy"`` runs all envs in this process (one shared GL context).
 
+    Workers do not run the calling script again when it has no file to import (``python -``,
+    ``python -c``, a REPL): envs from a registered id or from a callable still work there, since
+    workers import :mod:`envs`, but anything else the callable needs must be importable.
+
     Args:
         env_id: a registered id (``"kp3d/Reach-v0"`` is imported in workers as
             ``"envs:kp3d/Reach-v0"``), or a callable returning an env.
@@ -50,6 +58,9 @@ def make_vec_env(
         raise ValueError(f"vectorization must be 'subproc' or 'dummy'; got {vectorization!r}")
     if isinstance(env_id, str) and env_id.startswith("kp3d/"):
         env_id = f"envs:{env_id}"  # makes worker processes import (and so register) envs
+    elif callable(env_id):
+        # Unpickling this partial imports envs.vector, and so registers the kp3d envs, in workers.
+        env_id = functools.partial(_call, env_id)
     vec_env_kwargs: dict[str, Any] = {}
     vec_env_cls: type[VecEnv] = DummyVecEnv
     if vectorization == "subproc":
@@ -64,12 +75,44 @@ def make_vec_env(
             )
         vec_env_cls = SubprocVecEnv
         vec_env_kwargs["start_method"] = start_method
-    return sb3_make_vec_env(
-        env_id,
-        n_envs=n_envs,
-        seed=seed,
-        vec_env_cls=vec_env_cls,
-        vec_env_kwargs=vec_env_kwargs,
-        env_kwargs=env_kwargs,
-        monitor_dir=monitor_dir,
-    )
+    with _main_without_missing_file():
+        return sb3_make_vec_env(
+            env_id,
+            n_envs=n_envs,
+            seed=seed,
+            vec_env_cls=vec_env_cls,
+            vec_env_kwargs=vec_env_kwargs,
+            env_kwargs=env_kwargs,
+            monitor_dir=monitor_dir,
+        )
+
+
+def _call(make_env: Callable[..., gym.Env], **kwargs: Any) -> gym.Env:
+    return make_env(**kwargs)
+
+
+@contextlib.contextmanager
+def _main_without_missing_file() -> Iterator[None]:
+    """Within the block, ``__main__`` has no ``__file__`` if that file does not exist.
+
+    A ``forkserver`` or ``spawn`` worker runs the parent's main script again from
+    ``__main__.__file__``. A script read from stdin (``python -``) has ``__file__ == "<stdin>"``,
+    which no worker can open (``FileNotFoundError`` in every worker, then SubprocVecEnv's
+    ``ConnectionResetError``). Without ``__file__`` workers skip that step, as they do for
+    ``python -c`` and the REPL.
+    """
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if (
+        main is None
+        or getattr(main, "__spec__", None) is not None  # `python -m`: workers import it by name
+        or not isinstance(path, str)
+        or os.path.isfile(path)
+    ):
+        yield
+        return
+    del main.__file__
+    try:
+        yield
+    finally:
+        main.__file__ = path

@@ -14,9 +14,12 @@ from __future__ import annotations
 import envs  # noqa: F401
 # isort: on
 
+import copy
 import math
+import pickle
 import re
 
+import gymnasium as gym
 import mujoco
 import numpy as np
 import pytest
@@ -616,6 +619,45 @@ def test_bad_image_size(ball_model, size, quoted) -> None:
 )
 def test_image_size(size, expected) -> None:
     assert parse_size(size) == expected
+
+
+@pytest.mark.parametrize("size", [64, (48, 80)])
+def test_cameras_size_is_height_width_and_read_only(ball_model, size) -> None:
+    cameras = Cameras(ball_model, [CameraSpec.named("mid45")], size)
+    assert cameras.size == parse_size(size) == (cameras.height, cameras.width)
+    with pytest.raises(AttributeError):
+        cameras.size = (32, 32)
+    assert cameras.size == parse_size(size)
+
+
+def test_cameras_repr_names_size_kinds_and_motion(ball_model) -> None:
+    specs = ball_specs()
+    cameras = Cameras(ball_model, [specs[1], specs[3], specs[4], specs[-1]], (48, 80))
+    assert repr(cameras) == (
+        "Cameras(4 cameras, size=(48, 80): mid45 (named, fixed), rig (named, moving), "
+        "free30 (free, fixed), track (tracking, moving))"
+    )
+    assert str(cameras) == repr(cameras)
+    one = Cameras(ball_model, [CameraSpec.named("mid45")], 64)
+    assert repr(one) == "Cameras(1 camera, size=(64, 64): mid45 (named, fixed))"
+
+
+def test_env_cameras_size_and_repr() -> None:
+    """What the README promises of ``env.unwrapped.cameras``; copies keep size and repr."""
+    env = gym.make("kp3d/Reach-v0", size=(48, 80))
+    try:
+        cameras = env.unwrapped.cameras
+        assert cameras.size == (48, 80)
+        described = repr(cameras)
+        assert described.startswith(f"Cameras({len(cameras)} cameras, size=(48, 80): ")
+        for name, moving in zip(cameras.names, cameras.moving, strict=True):
+            assert f"{name} (" in described
+            assert ("moving" if moving else "fixed") in described
+        for copied in (copy.deepcopy(cameras), pickle.loads(pickle.dumps(cameras))):
+            assert copied.size == (48, 80)
+            assert repr(copied) == described
+    finally:
+        env.close()
 
 
 def test_duplicate_camera_names(ball_model) -> None:

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -13,6 +18,7 @@ import envs
 from envs.vector import START_METHODS
 
 CAMERA_KEYS = ("cam_front", "cam_side", "cam_top")
+REPO = Path(__file__).resolve().parents[2]
 
 
 def check_vec_env(vec_env, n_envs: int, size: int = 64) -> dict[str, np.ndarray]:
@@ -101,3 +107,44 @@ def test_bad_n_envs(n_envs: int) -> None:
 def test_bad_vectorization() -> None:
     with pytest.raises(ValueError, match=r"'subproc' or 'dummy'; got 'threads'"):
         envs.make_vec_env("kp3d/Reach-v0", n_envs=2, vectorization="threads")
+
+
+def test_script_read_from_stdin() -> None:
+    """``python - <<EOF`` works: workers cannot run a script without a file again (it used to end
+    in FileNotFoundError '<stdin>' in every worker and ConnectionResetError here), so they skip
+    it; envs from an id and from a callable defined in the script both start."""
+    script = textwrap.dedent(
+        """
+        import sys
+
+        import gymnasium as gym
+
+        import envs
+
+        by_id = envs.make_vec_env("kp3d/Reach-v0", n_envs=2, seed=0, env_kwargs={"size": 32})
+        by_callable = envs.make_vec_env(lambda: gym.make("kp3d/Reach-v0", size=32), seed=0)
+        first, again = by_id.reset(), by_callable.reset()
+        print("shapes", first["cam_top"].shape, again["cam_top"].shape)
+        print("same", bool((first["cam_top"][0] == again["cam_top"][0]).all()))
+        print("file", sys.modules["__main__"].__file__)
+        by_id.close()
+        by_callable.close()
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-"],
+        input=script,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "MUJOCO_GL": "egl"},
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.stdout.splitlines() == [
+        "shapes (2, 32, 32, 3) (1, 32, 32, 3)",
+        "same True",
+        "file <stdin>",  # restored after the workers started
+    ]

@@ -581,8 +581,20 @@ INAPPLICABLE = {"ppo": ("sac",), "sac": ("ppo", "unsupervised")}
 
 
 def inapplicable_sections(data: Mapping[str, Any]) -> list[str]:
-    """The sections of a config mapping that its ``algo`` ignores."""
-    return [key for key in INAPPLICABLE.get(data.get("algo", "ppo"), ()) if key in data]
+    """The sections of a config mapping that its ``algo`` ignores and that set something: a
+    section equal to its defaults (as every run's saved ``config.yaml`` holds) is not one."""
+    hints = typing.get_type_hints(TrainConfig)
+    found = []
+    for key in INAPPLICABLE.get(data.get("algo", "ppo"), ()):
+        if key not in data:
+            continue
+        try:
+            unchanged = _from_mapping(hints[key], data[key], key) == hints[key]()
+        except ConfigError:
+            unchanged = False
+        if not unchanged:
+            found.append(key)
+    return found
 
 
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:

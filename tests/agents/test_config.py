@@ -11,6 +11,7 @@ from agents.config import (
     ConfigError,
     TrainConfig,
     config_from_dict,
+    config_to_dict,
     load_config,
     save_config,
 )
@@ -51,6 +52,11 @@ def test_a_section_the_algorithm_ignores_is_named(write_config) -> None:
     path = write_config({"env_id": "kp3d/Reach-v0", "algo": "sac", "unsupervised": {"steps": 2}})
     with pytest.warns(UserWarning, match=r"section 'unsupervised' does not apply to algo 'sac'"):
         load_config(path)
+    # A run's saved config holds every section at its defaults: no warning.
+    saved = config_to_dict(config_from_dict({"env_id": "kp3d/Reach-v0", "algo": "sac"}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_config(write_config(saved))
 
 
 def test_ppo_rounds_to_whole_rollouts_and_says_so() -> None:

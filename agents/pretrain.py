@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from agents.config import (
@@ -259,18 +260,59 @@ def _read_config(run_dir: Path) -> PretrainConfig:
 
 def label_kwargs(name: str, info: DatasetInfo) -> dict[str, Any]:
     """Hyperparameters of a labelled perception that the dataset determines, among those it
-    takes: ``num_keypoints`` (the env's ``K``), ``limbs`` (the skeleton's index pairs) and
-    ``keypoint_instances`` (each keypoint's instance id). Empty for unsupervised modules, whose
+    takes: ``num_keypoints`` (the env's ``K``), ``keypoint_instances`` (each keypoint's instance
+    id) and ``limbs``: the skeleton's index pairs, or, for a module that also takes
+    ``keypoint_instances`` (OpenPose: limbs between the parts of one instance), the skeleton's
+    part pairs completed into a tree (:func:`part_limbs`). Empty for unsupervised modules, whose
     ``num_keypoints`` is a free choice."""
     if not perception_class(name).requires_labels:
         return {}
+    taken = perception_hyperparameters(name)
     known = {
         "num_keypoints": info.num_keypoints,
         "limbs": info.skeleton.tolist(),
         "keypoint_instances": info.instances.tolist(),
     }
-    taken = perception_hyperparameters(name)
+    if "keypoint_instances" in taken:
+        known["limbs"] = part_limbs(info.skeleton, info.instances)
     return {key: value for key, value in known.items() if key in taken}
+
+
+def part_limbs(skeleton: np.ndarray, instances: np.ndarray) -> list[list[int]]:
+    """A spanning tree over the parts of one instance, from a keypoint skeleton.
+
+    Part ``p`` is the ``p``-th keypoint of each instance (instances list their parts in the same
+    order). The skeleton's pairs within an instance become part pairs (each once, skipping any
+    that would close a cycle); parts the skeleton leaves unconnected (MultiReach's targets) are
+    joined to part 0, the instance's root.
+    """
+    ids = np.asarray(instances).reshape(-1)
+    parts = np.zeros(len(ids), dtype=np.int64)
+    for instance in np.unique(ids):
+        members = np.flatnonzero(ids == instance)
+        parts[members] = np.arange(len(members))
+    num_parts = int(parts.max()) + 1 if len(parts) else 0
+    root = list(range(num_parts))
+
+    def find(part: int) -> int:
+        while root[part] != part:
+            part = root[part]
+        return part
+
+    limbs: list[list[int]] = []
+
+    def join(first: int, second: int) -> None:
+        a, b = find(first), find(second)
+        if a != b:
+            root[b] = a
+            limbs.append([first, second])
+
+    for i, j in np.asarray(skeleton, dtype=np.int64).reshape(-1, 2).tolist():
+        if ids[i] == ids[j]:
+            join(int(parts[i]), int(parts[j]))
+    for part in range(1, num_parts):
+        join(0, part)
+    return limbs
 
 
 # -- the run --------------------------------------------------------------------------------------
@@ -510,6 +552,7 @@ __all__ = [
     "label_kwargs",
     "load_pretrain_config",
     "load_pretrained_weights",
+    "part_limbs",
     "pretrain",
     "pretrained_perception",
     "probe_features",

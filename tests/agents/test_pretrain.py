@@ -340,3 +340,21 @@ def test_pretraining_that_fails_at_start_up_leaves_no_run(
         pretrain(config, run_dir=tmp_path / "run")
     assert not (tmp_path / "run").exists()
     assert shard.stat().st_size == 1000  # the user's data is untouched
+
+
+def test_openpose_limbs_come_from_the_skeleton_as_a_tree_of_parts() -> None:
+    from agents.pretrain import part_limbs
+
+    multireach_skeleton = np.array([[0, 1], [1, 2], [4, 5], [5, 6], [8, 9], [9, 10]])
+    instances = np.repeat([0, 1, 2], 4)
+    limbs = part_limbs(multireach_skeleton, instances)
+    assert limbs == [[0, 1], [1, 2], [0, 3]]  # the targets joined to the base, as configured
+    module = make_perception(
+        "openpose",
+        num_cameras=3,
+        image_size=32,
+        keypoint_instances=instances.tolist(),
+        limbs=limbs,
+    )
+    assert module is not None
+    assert part_limbs(np.array([[0, 1], [1, 2], [2, 0]]), np.zeros(3, int)) == [[0, 1], [1, 2]]

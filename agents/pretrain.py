@@ -161,8 +161,9 @@ class PretrainConfig:
     log_every: int = 50
     """Steps between log lines (mean losses since the last one, training frames per second)."""
 
-    seed: int = 0
-    """Seed of the module's initialisation, the batches and the augmentations."""
+    seed: int = 1
+    """Seed of the module's initialisation, the batches and the augmentations (1, as a training
+    run's ``seed``)."""
 
     device: str = "auto"
     """Torch device: ``auto`` (CUDA when present), ``cpu``, ``cuda``..."""

@@ -21,10 +21,11 @@ setup: $(STAMP)
 $(VENV): $(STAMP)
 
 $(STAMP): pyproject.toml
+	@echo "setting up $(VENV): kp3d, $(TORCH_SPEC) and their dependencies (a few minutes)"
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/python -m pip install --upgrade pip
-	$(VENV)/bin/python -m pip install "$(TORCH_SPEC)"
-	$(VENV)/bin/python -m pip install -e ".[dev,progress,tensorboard]"
+	$(VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV)/bin/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(VENV)/bin/python -m pip install --quiet -e ".[dev,progress,tensorboard]"
 	touch $@
 
 # The demo run's directory, named like `kp3d train` names runs (override: make demo DEMO_RUN=...).

@@ -84,10 +84,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from agents.runs import quoted
     from agents.training import LOG_DIR, TrainingInterrupted, resume
 
+    overrides = [*args.set, *(["verbose=2"] if args.verbose else [])]
     run_dir = _start_or_resume(
         args,
-        start=lambda: train(load_config(args.config, args.set), run_dir=args.run_dir),
-        resume=lambda: resume(args.resume, args.set),
+        start=lambda: train(load_config(args.config, overrides), run_dir=args.run_dir),
+        resume=lambda: resume(args.resume, overrides),
         interrupted=TrainingInterrupted,
     )
     if run_dir is None:
@@ -301,6 +302,13 @@ def build_parser() -> argparse.ArgumentParser:
         run_dir_help="directory of the new run (default: runs/{env}__{exp}__{seed}__{time}); it "
         "must not hold anything yet",
         resume_help="continue this run from its checkpoint up to its n_timesteps",
+    )
+    train.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="also print SB3's tables and messages (the config's verbose: 2; default: off, they "
+        "go to the run's logs/)",
     )
     train.set_defaults(handler=_cmd_train)
 

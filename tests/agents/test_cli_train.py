@@ -90,3 +90,15 @@ def test_ctrl_c_saves_a_resumable_checkpoint(tmp_path: Path, write_config, tiny_
     assert f"resume with: kp3d train --resume {run}" in stdout
     model = agents.load(run, device="cpu")
     assert 0 < model.num_timesteps < 1_000_000
+
+
+def test_sb3_tables_only_with_verbose(tmp_path: Path, write_config, tiny_config, capsys) -> None:
+    from agents.cli import main
+
+    config = write_config(tiny_config(verbose=1))
+    assert main(["train", str(config), "--run-dir", str(tmp_path / "quiet")]) == 0
+    quiet = capsys.readouterr().out
+    assert "time/" not in quiet and "trained to step 32" in quiet
+    assert main(["train", str(config), "--run-dir", str(tmp_path / "loud"), "-v"]) == 0
+    assert "time/" in capsys.readouterr().out  # SB3's table
+    assert agents.load(tmp_path / "loud", device="cpu").num_timesteps == 32

@@ -35,7 +35,7 @@ import math
 import types
 import typing
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union
@@ -543,10 +543,14 @@ def dataclass_from_dict(cls: type[ConfigType], data: Mapping[str, Any]) -> Confi
 
 
 def read_config_file(
-    path: str | Path, cls: type[ConfigType], overrides: Sequence[str] = ()
+    path: str | Path,
+    cls: type[ConfigType],
+    overrides: Sequence[str] = (),
+    ignored: Callable[[Mapping[str, Any]], list[str]] | None = None,
 ) -> ConfigType:
     """Read a YAML config file into the dataclass ``cls``, after ``--set`` overrides;
-    ``exp_name`` (if ``cls`` has one) defaults to the file's stem.
+    ``exp_name`` (if ``cls`` has one) defaults to the file's stem. ``ignored(data)`` names the
+    sections that the config's other settings make meaningless: each is a warning.
 
     Raises:
         ConfigError: for a missing or unparsable file, or any invalid key or value.
@@ -562,8 +566,8 @@ def read_config_file(
     if not isinstance(data, Mapping):
         raise ConfigError(f"config {str(path)!r} must be a YAML mapping; got {type(data).__name__}")
     data = apply_overrides(data, overrides)
-    if cls is TrainConfig:
-        for section in inapplicable_sections(data):
+    if ignored is not None:
+        for section in ignored(data):
             warnings.warn(
                 f"{path}: section {section!r} does not apply to algo "
                 f"{data.get('algo', 'ppo')!r} and is ignored",
@@ -606,7 +610,7 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
     Raises:
         ConfigError: for a missing or unparsable file, or any invalid key or value.
     """
-    return read_config_file(path, TrainConfig, overrides)
+    return read_config_file(path, TrainConfig, overrides, ignored=inapplicable_sections)
 
 
 def save_config(config: TrainConfig, path: str | Path) -> None:

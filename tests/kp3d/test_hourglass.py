@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch import nn
 
+from kp3d import geometry
 from kp3d.batch import FrameBatch
 from kp3d.geometry import project
 from kp3d.perception import (
@@ -45,13 +46,7 @@ def cameras(count: int, image_size: int = 32) -> tuple[torch.Tensor, torch.Tenso
     for c in range(count):
         angle = np.radians(30.0 * c)
         centre = 1.5 * np.array([np.sin(angle), -np.cos(angle), 0.0])
-        forward = -centre / np.linalg.norm(centre)
-        right = np.cross(forward, [0.0, 0.0, 1.0])
-        down = np.cross(forward, right)
-        rotation = np.stack([right, down, forward])
-        extrinsics[c, :3, :3] = torch.from_numpy(rotation)
-        extrinsics[c, :3, 3] = torch.from_numpy(-rotation @ centre)
-        extrinsics[c, 3, 3] = 1.0
+        extrinsics[c] = torch.from_numpy(geometry.look_at(centre, np.zeros(3)))
     return intrinsics, extrinsics
 
 

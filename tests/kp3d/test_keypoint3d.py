@@ -44,16 +44,8 @@ DISTANCE = 1.5
 
 
 def look_at(eye: np.ndarray) -> np.ndarray:
-    """World→camera transform (OpenCV axes) of a camera at ``eye`` looking at the origin, with
-    the world's +z up in the image."""
-    forward = -eye / np.linalg.norm(eye)
-    right = np.cross(forward, [0.0, 0.0, 1.0])
-    right /= np.linalg.norm(right)
-    down = np.cross(forward, right)
-    transform = np.eye(4)
-    transform[:3, :3] = np.stack([right, down, forward])
-    transform[:3, 3] = -transform[:3, :3] @ eye
-    return transform
+    """World→camera transform of a camera at ``eye`` looking at the origin, +z up."""
+    return geometry.look_at(eye, np.zeros(3))
 
 
 def three_cameras(size: int = IMAGE) -> tuple[torch.Tensor, torch.Tensor]:

@@ -45,7 +45,12 @@ from envs.registration import task_class
 from kp3d.data import FrameDataset, read_info
 from kp3d.geometry import project
 from kp3d.metrics import ProbeResult, linear_probe
-from kp3d.perception import Perception, load_perception_checkpoint, make_perception
+from kp3d.perception import (
+    Perception,
+    load_perception_checkpoint,
+    make_perception,
+    perception_hyperparameters,
+)
 
 
 def probe(module: Perception, train: FrameDataset, test: FrameDataset) -> ProbeResult:
@@ -161,12 +166,15 @@ def main() -> None:
         raise SystemExit(f"unknown target keypoints {unknown}; this env has {info.keypoint_names}")
 
     suggested = perception_defaults(args.env, {"size": args.size})
+    if args.num_keypoints:
+        suggested["num_keypoints"] = args.num_keypoints
+    if args.mean_depth:
+        suggested["mean_depth"] = args.mean_depth
+    taken = perception_hyperparameters(args.perception)
     kwargs: dict[str, Any] = {
-        "num_keypoints": args.num_keypoints or suggested["num_keypoints"],
+        **{key: value for key, value in suggested.items() if key in taken},
         **parse_overrides(args.set),
     }
-    if args.perception == "keypoint3d":
-        kwargs.setdefault("mean_depth", args.mean_depth or suggested["mean_depth"])
     config = dataclass_from_dict(
         PretrainConfig,
         {

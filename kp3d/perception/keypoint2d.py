@@ -98,16 +98,17 @@ class Keypoint2D(KeypointAutoencoder):
         """``3 C K``: ``[u, v, attention]`` per camera and keypoint."""
         return 3 * self.num_cameras * self.num_keypoints
 
-    def detect(self, crops: torch.Tensor) -> torch.Tensor:
+    def detect(self, crops: torch.Tensor, crop_origins: torch.Tensor) -> torch.Tensor:
         """Heatmap logits of cropped views.
 
         Args:
             crops: ``(B, C, 3, h, w)`` in ``[-1, 1]`` (:meth:`crop`).
+            crop_origins: ``(B, C, 2)`` their corners.
 
         Returns:
             ``(B, C, K, S_h, S_w)``.
         """
-        return self.heatmap_logits(self.encode(crops))
+        return self.heatmap_logits(self.encode(crops, crop_origins))
 
     def forward(
         self,
@@ -124,7 +125,7 @@ class Keypoint2D(KeypointAutoencoder):
         origins = self.crop_origins(images.shape[0], images.device, images.dtype)
         crops = self.crop(images, origins)
 
-        heatmaps, detections, attention = self.locate(self.detect(crops), origins)
+        heatmaps, detections, attention = self.locate(self.detect(crops, origins), origins)
         coordinates = normalized_coordinates(detections, self.image_size)  # (B, C, K, 2)
         features = torch.cat([coordinates, attention[..., None]], dim=-1).flatten(1)
 

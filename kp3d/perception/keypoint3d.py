@@ -143,17 +143,20 @@ class Keypoint3D(KeypointAutoencoder):
         """``4 K``: ``[x, y, z, attention]`` per keypoint."""
         return 4 * self.num_keypoints
 
-    def detect(self, crops: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def detect(
+        self, crops: torch.Tensor, crop_origins: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Heatmap logits and depth maps of cropped views.
 
         Args:
             crops: ``(B, C, 3, h, w)`` in ``[-1, 1]`` (:meth:`crop`).
+            crop_origins: ``(B, C, 2)`` their corners.
 
         Returns:
             ``logits (B, C, K, S_h, S_w)`` and ``depth_maps (B, C, K, S_h, S_w)`` in
             ``(0, 2 · mean_depth)``.
         """
-        features = self.encode(crops)
+        features = self.encode(crops, crop_origins)
         logits = self.heatmap_logits(features)
         depth_maps = 2.0 * self.mean_depth * torch.sigmoid(self.depth_head(features))
         return logits, depth_maps.reshape(logits.shape)
@@ -195,7 +198,7 @@ class Keypoint3D(KeypointAutoencoder):
         origins = self.crop_origins(images.shape[0], images.device, images.dtype)
         crops = self.crop(images, origins)
 
-        logits, depth_maps = self.detect(crops)
+        logits, depth_maps = self.detect(crops, origins)
         heatmaps, detections, attention = self.locate(logits, origins)
         depth = expected_value(heatmaps, depth_maps)
         points_views = unproject(detections, depth, intrinsics, extrinsics)  # (B, C, K, 3)

@@ -209,6 +209,12 @@ class KeypointAutoencoder(Perception):
             what is kept apart, and at which scale, is the subclass's).
         sparsity_weight: weight of the attention-entropy sparsity term (default 0, off as in the
             reference).
+        coordinate_channels: give the encoder each crop pixel's full-image ``(u, v)``, scaled to
+            ``[-1, 1]``, as two more input channels per view (CoordConv, Liu et al. 2018), so
+            that a keypoint can prefer one region of a view. Without them a heatmap logit sees
+            only an 11 px (stride 4) or 22 px (stride 8) patch, so identical objects (the three
+            arms and targets of ``kp3d/MultiReach-v0``) give every keypoint identical peaks and
+            its soft-argmax lands between them. Not in the reference.
     """
 
     def __init__(
@@ -231,6 +237,7 @@ class KeypointAutoencoder(Perception):
         reconstruction_weight: float = 5.0,
         separation_weight: float = 0.0025,
         sparsity_weight: float = 0.0,
+        coordinate_channels: bool = False,
     ) -> None:
         super().__init__(num_cameras, image_size)
         check_positive_ints(num_keypoints=num_keypoints)
@@ -257,6 +264,7 @@ class KeypointAutoencoder(Perception):
         self.foreground_weight = float(foreground_weight)
         self.loss_weights = {name: float(value) for name, value in loss_weights.items()}
         self.crop_size = resolve_crop_size(crop_size, self.image_size, heatmap_stride)
+        self.coordinate_channels = bool(coordinate_channels)
 
         count = self.num_cameras
         self.groups = count if per_view_encoders else 1
@@ -272,7 +280,8 @@ class KeypointAutoencoder(Perception):
 
         filters = base_filters * self.groups
         channels = [filters * multiple for multiple in (1, 2, 4)]
-        self.encoder = ConvStack(3 * count, channels, layers, self.groups)
+        inputs = (5 if coordinate_channels else 3) * count
+        self.encoder = ConvStack(inputs, channels, layers, self.groups)
         self.heatmap_head = nn.Conv2d(4 * filters, count * num_keypoints, 1, groups=self.groups)
         decoder_inputs = count * num_keypoints
         self.background_encoder: ConvStack | None = None
@@ -384,16 +393,32 @@ class KeypointAutoencoder(Perception):
             (batch, self.num_cameras), self.image_size, self.crop_size, self.training, device, dtype
         )
 
-    def encode(self, crops: torch.Tensor) -> torch.Tensor:
+    def encode(self, crops: torch.Tensor, crop_origins: torch.Tensor) -> torch.Tensor:
         """Encoder features of cropped views.
 
         Args:
             crops: ``(B, C, 3, h, w)`` in ``[-1, 1]`` (:meth:`crop`).
+            crop_origins: ``(B, C, 2)`` their corners (read with ``coordinate_channels``).
 
         Returns:
             ``(B, 4 f, S_h, S_w)`` (``f`` times ``C`` with per-view encoders, camera-major).
         """
+        if self.coordinate_channels:
+            crops = torch.cat([crops, self.pixel_coordinates(crop_origins)], dim=2)
         return self.encoder(crops.flatten(1, 2))
+
+    def pixel_coordinates(self, crop_origins: torch.Tensor) -> torch.Tensor:
+        """``(B, C, 2, h, w)``: the full-image ``(u, v)`` of every crop pixel's centre, scaled so
+        that the image spans ``[-1, 1]``."""
+        height, width = self.crop_size
+        steps = [
+            torch.arange(n, device=crop_origins.device, dtype=crop_origins.dtype) + 0.5
+            for n in (height, width)
+        ]
+        u = (crop_origins[..., 0, None] + steps[1]) * (2.0 / self.image_size[1]) - 1.0
+        v = (crop_origins[..., 1, None] + steps[0]) * (2.0 / self.image_size[0]) - 1.0
+        shape = (*crop_origins.shape[:-1], height, width)
+        return torch.stack([u[..., None, :].expand(shape), v[..., :, None].expand(shape)], dim=-3)
 
     def heatmap_logits(self, features: torch.Tensor) -> torch.Tensor:
         """``(B, C, K, S_h, S_w)`` heatmap logits from :meth:`encode`'s features."""

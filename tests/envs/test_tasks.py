@@ -289,4 +289,6 @@ def test_the_empty_scene_shows_no_movable_body(env_id: str) -> None:
     defaults = envs.perception_defaults(env_id)
     assert defaults["num_keypoints"] == base.learned_keypoints
     assert 0.5 < defaults["mean_depth"] < 5.0
+    # Positions tell identical instances apart: asked for exactly where there are several.
+    assert defaults.get("coordinate_channels", False) == (len(set(base.keypoint_instances)) > 1)
     env.close()

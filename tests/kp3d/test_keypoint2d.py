@@ -118,7 +118,7 @@ class OracleKeypoint2D(Keypoint2D):
     def crop_origins(self, batch: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
         return self.origins.expand(batch, *self.origins.shape).to(dtype)
 
-    def detect(self, crops: torch.Tensor) -> torch.Tensor:
+    def detect(self, crops: torch.Tensor, crop_origins: torch.Tensor) -> torch.Tensor:
         centres = image_to_heatmap(
             self.pixels, self.heatmap_size, self.crop_size, self.origins[:, None]
         )
@@ -245,6 +245,41 @@ class TestKeypoint2D:
         output = model(torch.rand(2, 3, 3, IMAGE, IMAGE).cuda(), *cameras(3))  # CPU matrices
         output.total_loss().backward()
         assert output.features.is_cuda and output.keypoints.is_cuda
+
+
+@pytest.mark.parametrize("coordinates", [False, True])
+def test_coordinate_channels_tell_identical_objects_apart(coordinates: bool) -> None:
+    """Two identical dots far from the borders: without coordinates every heatmap's logits at
+    the two dots are equal (a convolution sees the same patch), so a keypoint cannot prefer one;
+    with them they differ."""
+    model = small_model(1, coordinate_channels=coordinates).eval()
+    images = torch.zeros(1, 1, 3, IMAGE, IMAGE)
+    for u, v in ((20, 20), (44, 36)):  # both multiples of the stride from the centred crop
+        images[..., 0, v - 1 : v + 2, u - 1 : u + 2] = 1.0
+    origins = model.crop_origins(1, images.device, images.dtype)
+    logits = model.detect(model.crop(images, origins), origins)[0, 0]  # (K, S, S)
+    cells = [
+        image_to_heatmap(
+            torch.tensor([float(u), float(v)]), model.heatmap_size, model.crop_size, origins[0, 0]
+        )
+        .floor()
+        .long()
+        for u, v in ((20, 20), (44, 36))
+    ]
+    first, second = (logits[:, cell[1], cell[0]] for cell in cells)
+    assert torch.allclose(first, second, atol=1e-6) != coordinates
+
+
+def test_pixel_coordinates_are_full_image_positions() -> None:
+    model = small_model(2, coordinate_channels=True)
+    origins = torch.tensor([[[0.0, 0.0], [8.0, 3.0]]])
+    grid = model.pixel_coordinates(origins)  # (1, 2, 2, 56, 56)
+    assert grid.shape == (1, 2, 2, *model.crop_size)
+    # Pixel (u, v) of the image has its centre at u + 0.5: (u + 0.5) / 64 * 2 - 1.
+    assert grid[0, 0, 0, 0, 0] == pytest.approx(0.5 / 32 - 1)
+    assert grid[0, 1, 0, 5, 10] == pytest.approx((8 + 10.5) / 32 - 1)
+    assert grid[0, 1, 1, 5, 10] == pytest.approx((3 + 5.5) / 32 - 1)
+    assert model.encoder[0].in_channels == 2 * 5
 
 
 def test_make_perception_builds_keypoint2d() -> None:

@@ -175,7 +175,9 @@ class OracleKeypoint3D(Keypoint3D):
     def crop_origins(self, batch: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
         return self.origins.expand(batch, 3, 2).to(dtype)
 
-    def detect(self, crops: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def detect(
+        self, crops: torch.Tensor, crop_origins: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         pixels, depth = geometry.project(self.points[None], self.intrinsics, self.extrinsics)
         logits = ideal_heatmap_logits(
             pixels, self.heatmap_size[0], self.crop_size[0], self.origins[:, None], std=0.8

@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(VENV)/bin/python -m pip install --quiet "$(TORCH_SPEC)"
-	$(VENV)/bin/python -m pip install --quiet -e ".[dev,progress,tensorboard]"
+	$(VENV)/bin/python -m pip install --quiet -e ".[dev,progress,tensorboard,sweep]"
 	touch $@
 
 # The demo run's directory, named like `kp3d train` names runs (override: make demo DEMO_RUN=...).

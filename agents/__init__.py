@@ -16,10 +16,12 @@ Where things live (arrows run agents → envs → kp3d; ``make lint`` checks it)
 - seeing it: :mod:`~agents.rollouts` (episodes with the perception's outputs),
   :mod:`agents.video` (drawing, frame composition, writing), :mod:`~agents.render`
   (:func:`render_rollout`, :func:`render_video`), :mod:`~agents.plot` (learning curves);
+- many runs: :mod:`~agents.sweep` (``kp3d sweep`` on Ray Tune, Optuna searches),
+  :mod:`~agents.report` (``kp3d report``: IQM and bootstrap intervals by rliable);
 - data: :mod:`~agents.dataset` (``kp3d dataset``), :mod:`~agents.pretrain` and
   :mod:`~agents.probing` (``kp3d pretrain`` and its held-out metrics);
-- :mod:`~agents.cli`: the ``kp3d`` command; a new command is a ``_cmd_<name>`` function and a
-  subparser there.
+- :mod:`~agents.cli`: the ``kp3d`` command (``sweep`` and ``report`` in
+  :mod:`~agents.cli_sweep`); a new command is a ``_cmd_<name>`` function and a subparser there.
 
 ``import agents`` stays cheap (env worker processes import it): torch and SB3 load when one of the
 names below is first used.
@@ -43,6 +45,8 @@ _EXPORTS = {
     "render_rollout": "agents.render",
     "render_video": "agents.render",
     "plot_learning_curves": "agents.plot",
+    "run_sweep": "agents.sweep",
+    "write_report": "agents.report",
     "write_dataset": "agents.dataset",
     "resume_pretrain": "agents.pretrain",
     "load_pretrain_config": "agents.pretrain",

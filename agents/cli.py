@@ -1,5 +1,6 @@
 """The ``kp3d`` command line: environments, training, evaluation, videos, datasets, perception
-pretraining and benchmarks. ``kp3d COMMAND --help`` describes a command and its options."""
+pretraining, benchmarks, sweeps and reports (the last two in :mod:`agents.cli_sweep`).
+``kp3d COMMAND --help`` describes a command and its options."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+
+from agents.cli_sweep import add_commands as add_sweep_commands
 
 
 def _cmd_envs(args: argparse.Namespace) -> int:
@@ -435,11 +438,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     plot.add_argument(
         "--spread",
-        choices=("minmax", "std"),
+        choices=("minmax", "std", "iqm"),
         default="minmax",
-        help="shaded band: min-max across seeds, or mean ± one std (default: %(default)s)",
+        help="the curve and its band: the mean with the min-max across seeds or ± one std, or the "
+        "interquartile mean with its 95%% bootstrap confidence interval (rliable; the sweep "
+        "extra) (default: %(default)s)",
     )
     plot.set_defaults(handler=_cmd_plot)
+    add_sweep_commands(commands)
 
     dataset = commands.add_parser(
         "dataset",

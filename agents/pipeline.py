@@ -36,7 +36,8 @@ from agents.pretrain import (
     pretrain,
     resume_pretrain,
 )
-from agents.runs import check_new_run_dir
+from agents.runs import check_new_run_dir, lock_run_dir
+from agents.training import EvaluationHook
 from agents.training import train as train_agent
 from kp3d.perception import load_perception_checkpoint, perception_hyperparameters
 
@@ -99,6 +100,18 @@ def prepare_perception(config: TrainConfig, runs_root: str | Path = "runs") -> T
             "with `kp3d dataset` and `kp3d pretrain` yourself and set perception.pretrained"
         )
     cache = Path(runs_root) / CACHE_DIR
+    cache.mkdir(parents=True, exist_ok=True)
+    # Runs started together with one recipe (a sweep's seeds) take turns: the first writes the
+    # dataset and pretrains, the others wait and reuse them.
+    with lock_run_dir(cache, wait=True):
+        return _prepare(config, cache)
+
+
+def _prepare(config: TrainConfig, cache: Path) -> TrainConfig:
+    """The dataset and pretraining stages of :func:`prepare_perception`, under the cache's lock."""
+    perception = config.perception
+    recipe = perception.pretrain
+    assert recipe is not None
     env_name = config.env_id.replace("/", "-")
     size = config.env_kwargs.get("size")
     data_identity = {
@@ -157,7 +170,10 @@ def prepare_perception(config: TrainConfig, runs_root: str | Path = "runs") -> T
 
 
 def train(
-    config: TrainConfig, run_dir: str | Path | None = None, runs_root: str | Path = "runs"
+    config: TrainConfig,
+    run_dir: str | Path | None = None,
+    runs_root: str | Path = "runs",
+    on_evaluation: EvaluationHook | None = None,
 ) -> Path:
     """Train an agent as ``config`` says, pretraining its perception first when the config has a
     ``perception.pretrain`` recipe (:func:`prepare_perception`); return the run directory.
@@ -167,7 +183,7 @@ def train(
     check_config(config)
     if run_dir is not None:
         check_new_run_dir(Path(run_dir))  # before the long stages, not after them
-    return train_agent(prepare_perception(config, runs_root), run_dir, runs_root)
+    return train_agent(prepare_perception(config, runs_root), run_dir, runs_root, on_evaluation)
 
 
 __all__ = ["CACHE_DIR", "cache_key", "prepare_perception", "recipe_kwargs", "train"]

@@ -6,7 +6,9 @@ become one curve per run: the mean return and the success rate over the ``E`` ep
 evaluation. Runs are grouped by env and experiment name (``exp_name``, the config file's stem; the
 run directories are named ``{env}__{exp}__{seed}__{time}``); a group's curve is the mean over its
 runs (seeds) at each evaluation step, with a band for their spread: the minimum and maximum (the
-default, honest for the few seeds RL papers run) or ± one standard deviation.
+default, honest for the few seeds RL papers run) or ± one standard deviation; or, with ``iqm``,
+the interquartile mean over seeds and its 95% stratified-bootstrap confidence interval (rliable,
+Agarwal et al. 2021; the ``sweep`` extra).
 
 The figure has one column per env and two rows (success rate, return), one colour per experiment.
 """
@@ -18,7 +20,7 @@ import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -28,8 +30,8 @@ from kp3d.files import atomic_write
 
 EVALUATIONS_FILE = "evaluations.npz"
 
-Spread = Literal["minmax", "std"]
-SPREADS: tuple[str, ...] = ("minmax", "std")
+Spread = Literal["minmax", "std", "iqm"]
+SPREADS: tuple[str, ...] = ("minmax", "std", "iqm")
 
 RUN_KEYS = ("seed", "n_timesteps", "device", "torch_threads", "progress_bar", "verbose")
 """Config keys that may differ between the runs (seeds) of one experiment."""
@@ -65,9 +67,11 @@ class CurveGroup:
         runs: the runs pooled.
         timesteps: ``(T,)`` every evaluation step of any run, sorted.
         counts: ``(T,)`` runs evaluated at each step.
-        returns: ``(3, T)`` mean, low and high of the runs' mean returns at each step.
+        returns: ``(3, T)`` mean (IQM with ``spread="iqm"``), low and high of the runs' mean
+            returns at each step.
         success_rates: ``(3, T)`` the same for success rates (``None`` if no run has them).
-        spread: what low and high are: ``"minmax"`` or ``"std"`` (mean ± one standard deviation).
+        spread: what the curve and the band are: ``"minmax"`` or ``"std"`` (the mean, and the
+            range or ± one standard deviation), or ``"iqm"`` (the IQM and its 95% CI).
     """
 
     env_id: str
@@ -130,6 +134,41 @@ def _expand(run_dirs: Iterable[str | os.PathLike]) -> list[Path]:
     return paths
 
 
+BOOTSTRAP_REPS = 2000
+"""Bootstrap resamples of rliable's confidence intervals."""
+INSTALL_HINT = 'IQM and its confidence intervals need rliable: pip install -e ".[sweep]"'
+
+
+def rliable() -> tuple[Any, Any]:
+    """rliable's ``library`` and ``metrics`` modules (the ``sweep`` extra)."""
+    try:
+        from rliable import library, metrics
+    except ImportError as error:
+        raise ImportError(f"{INSTALL_HINT} ({error})") from None
+    return library, metrics
+
+
+def iqm_interval(scores: np.ndarray, reps: int = BOOTSTRAP_REPS) -> tuple[float, float, float]:
+    """IQM of ``scores`` ``(runs,)`` or ``(runs, tasks)`` and its 95% stratified-bootstrap
+    confidence interval (runs resampled within each task), by rliable."""
+    library, metrics = rliable()
+    table = np.asarray(scores, dtype=float)
+    table = table[:, None] if table.ndim == 1 else table
+    if len(table) == 1:
+        value = float(table.mean())
+        return value, value, value
+    with warnings.catch_warnings():
+        # arch (rliable's bootstrap) deprecates the random_state rliable passes it.
+        warnings.simplefilter("ignore", FutureWarning)
+        point, interval = library.get_interval_estimates(
+            {"x": table},
+            lambda x: np.array([metrics.aggregate_iqm(x)]),
+            reps=reps,
+            random_state=np.random.RandomState(0),
+        )
+    return float(point["x"][0]), float(interval["x"][0, 0]), float(interval["x"][1, 0])
+
+
 def _aggregate(
     curves: Sequence[tuple[np.ndarray, np.ndarray]], spread: str
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -139,6 +178,9 @@ def _aggregate(
     for row, (steps, values) in enumerate(curves):
         table[row, np.searchsorted(timesteps, steps)] = values
     counts = np.sum(~np.isnan(table), axis=0)
+    if spread == "iqm":
+        estimates = [iqm_interval(column[~np.isnan(column)]) for column in table.T]
+        return timesteps, counts, np.array(estimates, dtype=float).T
     mean = np.nanmean(table, axis=0)
     if spread == "std":
         deviation = np.nanstd(table, axis=0)
@@ -158,7 +200,7 @@ def learning_curves(
 
     Args:
         run_dirs: run directories, or folders of run directories.
-        spread: ``"minmax"`` or ``"std"``.
+        spread: one of :data:`SPREADS` (see :class:`CurveGroup`).
 
     Returns:
         The groups, sorted by env and label.
@@ -241,7 +283,8 @@ def plot_learning_curves(
         run_dirs: run directories, or folders of run directories.
         out: image file (``.png``, ``.pdf``, ``.svg``...). Default: ``curves.png`` in the run
             directory for one run, else in the runs' common parent folder.
-        spread: the band: ``"minmax"`` (across seeds) or ``"std"`` (mean ± one std).
+        spread: the band: ``"minmax"`` (across seeds), ``"std"`` (mean ± one std) or ``"iqm"``
+            (IQM over seeds with its 95% bootstrap CI).
         dpi: resolution of raster formats.
 
     Returns:
@@ -268,7 +311,8 @@ def plot_learning_curves(
         raise ValueError(f"cannot write {path.name!r}: use one of .{', .'.join(sorted(formats))}")
     axes = figure.subplots(2, len(envs), squeeze=False, sharex="col")
     colors = {label: f"C{i % 10}" for i, label in enumerate(labels)}
-    band = "min-max" if spread == "minmax" else "±1 std"
+    band = {"minmax": "min-max across seeds", "std": "±1 std across seeds", "iqm": "95% CI"}[spread]
+    centre = "IQM" if spread == "iqm" else "mean"
     pooled = any(len(group.runs) > 1 for group in groups)
     for column, env_id in enumerate(envs):
         success_axis, return_axis = axes[0, column], axes[1, column]
@@ -303,7 +347,7 @@ def plot_learning_curves(
         loc="outside lower center",
         # Two labels fit across each env's column; more columns would overflow the figure.
         ncols=min(len(entries), 2 * len(envs)),
-        title=f"mean over seeds; shaded: {band} across seeds" if pooled else None,
+        title=f"{centre} over seeds; shaded: {band}" if pooled else None,
         frameon=False,
     )
     path.parent.mkdir(parents=True, exist_ok=True)

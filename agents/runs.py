@@ -75,13 +75,14 @@ def check_new_run_dir(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def lock_run_dir(path: Path) -> Iterator[None]:
+def lock_run_dir(path: Path, wait: bool = False) -> Iterator[None]:
     """Hold the run's lock while the body writes the run: a second writer (``kp3d train
-    --resume`` of a run still training) is refused. The OS releases the lock when the process
-    exits or dies; where ``fcntl`` is missing (Windows) nothing is locked.
+    --resume`` of a run still training) is refused, or with ``wait`` waits its turn (trials of
+    a sweep that share a pretraining cache). The OS releases the lock when the process exits or
+    dies; where ``fcntl`` is missing (Windows) nothing is locked.
 
     Raises:
-        RunDirectoryError: naming the process that holds the lock.
+        RunDirectoryError: naming the process that holds the lock (not with ``wait``).
     """
     try:
         import fcntl
@@ -95,10 +96,13 @@ def lock_run_dir(path: Path) -> Iterator[None]:
         except BlockingIOError:
             handle.seek(0)
             holder = handle.read().strip() or "another process"
-            raise RunDirectoryError(
-                f"run {str(path)!r} is being written by process {holder}; wait for it to end "
-                "or stop it (Ctrl-C saves its checkpoint), then try again"
-            ) from None
+            if not wait:
+                raise RunDirectoryError(
+                    f"run {str(path)!r} is being written by process {holder}; wait for it to "
+                    "end or stop it (Ctrl-C saves its checkpoint), then try again"
+                ) from None
+            print(f"waiting for process {holder} to finish writing {path}", flush=True)
+            fcntl.flock(handle, fcntl.LOCK_EX)
         handle.seek(0)
         handle.truncate()
         handle.write(str(os.getpid()))

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import importlib.util
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -197,8 +197,30 @@ def _restore_evaluations(callback: EvalCallback, path: Path) -> None:
 # -- the entry points -----------------------------------------------------------------------------
 
 
+EvaluationHook = Callable[[EvalCallback], None]
+"""Called after each periodic evaluation with the evaluation callback (its
+``evaluations_timesteps``, ``evaluations_results`` and ``evaluations_successes`` end with the new
+evaluation), e.g. to report it to a hyperparameter search (:mod:`agents.sweep`)."""
+
+
+class _AfterEvaluation(BaseCallback):
+    """SB3's ``callback_after_eval`` hook calling an :data:`EvaluationHook`."""
+
+    def __init__(self, hook: EvaluationHook) -> None:
+        super().__init__()
+        self.hook = hook
+
+    def _on_step(self) -> bool:
+        assert isinstance(self.parent, EvalCallback)
+        self.hook(self.parent)
+        return True
+
+
 def train(
-    config: TrainConfig, run_dir: str | Path | None = None, runs_root: str | Path = "runs"
+    config: TrainConfig,
+    run_dir: str | Path | None = None,
+    runs_root: str | Path = "runs",
+    on_evaluation: EvaluationHook | None = None,
 ) -> Path:
     """Train a fresh agent as ``config`` says and return its run directory.
 
@@ -207,6 +229,7 @@ def train(
         run_dir: where the run goes; it must not hold anything yet. Default: a new
             ``{env}__{exp_name}__{seed}__{time}`` under ``runs_root``.
         runs_root: parent of default run directories.
+        on_evaluation: called after each periodic evaluation (:data:`EvaluationHook`).
 
     Raises:
         ConfigError: for an invalid config.
@@ -223,10 +246,14 @@ def train(
     path = create_run_dir(config, run_dir, runs_root)
     with writing_new_run(path, MODEL_FILE):
         save_config(config, path / CONFIG_FILE)
-        return _learn(config, path, layout, resuming=False)
+        return _learn(config, path, layout, resuming=False, on_evaluation=on_evaluation)
 
 
-def resume(run_dir: str | Path, overrides: Sequence[str] = ()) -> Path:
+def resume(
+    run_dir: str | Path,
+    overrides: Sequence[str] = (),
+    on_evaluation: EvaluationHook | None = None,
+) -> Path:
     """Continue a run from its latest checkpoint up to its config's ``n_timesteps``.
 
     The optimizers, the step count, the ``VecNormalize`` statistics (and SAC's replay buffer, if
@@ -236,6 +263,7 @@ def resume(run_dir: str | Path, overrides: Sequence[str] = ()) -> Path:
         run_dir: the run directory.
         overrides: ``key=value`` changes to the run's config, limited to
             :data:`RESUMABLE_KEYS` (e.g. ``n_timesteps=2000000`` to extend the budget).
+        on_evaluation: called after each periodic evaluation (:data:`EvaluationHook`).
 
     Raises:
         RunDirectoryError: if ``run_dir`` is not a run with a checkpoint.
@@ -249,10 +277,15 @@ def resume(run_dir: str | Path, overrides: Sequence[str] = ()) -> Path:
             f"run {str(path)!r} has no checkpoint ({MODEL_FILE}) to resume; start a new run"
         )
     with lock_run_dir(path):
-        return _resume(path, saved, overrides)
+        return _resume(path, saved, overrides, on_evaluation)
 
 
-def _resume(path: Path, saved: TrainConfig, overrides: Sequence[str]) -> Path:
+def _resume(
+    path: Path,
+    saved: TrainConfig,
+    overrides: Sequence[str],
+    on_evaluation: EvaluationHook | None,
+) -> Path:
     before = config_to_dict(saved)
     config = config_from_dict(apply_overrides(before, overrides))
     after = config_to_dict(config)
@@ -280,10 +313,16 @@ def _resume(path: Path, saved: TrainConfig, overrides: Sequence[str]) -> Path:
     if changed:
         save_config(config, path / CONFIG_FILE)
     layout = run_layout(config)
-    return _learn(config, path, layout, resuming=True)
+    return _learn(config, path, layout, resuming=True, on_evaluation=on_evaluation)
 
 
-def _learn(config: TrainConfig, run_dir: Path, layout: CameraLayout | None, resuming: bool) -> Path:
+def _learn(
+    config: TrainConfig,
+    run_dir: Path,
+    layout: CameraLayout | None,
+    resuming: bool,
+    on_evaluation: EvaluationHook | None = None,
+) -> Path:
     set_torch_threads(config.torch_threads)
     remove_stale_files(run_dir)
     if resuming:
@@ -331,6 +370,9 @@ def _learn(config: TrainConfig, run_dir: Path, layout: CameraLayout | None, resu
                 log_path=str(run_dir / EVAL_DIR),
                 deterministic=config.eval.deterministic,
                 report=config.verbose >= 1,
+                callback_after_eval=None
+                if on_evaluation is None
+                else _AfterEvaluation(on_evaluation),
             )
             if resuming:
                 _restore_evaluations(evaluation, run_dir / EVAL_DIR / "evaluations.npz")
@@ -408,6 +450,7 @@ __all__ = [
     "RESUMABLE_KEYS",
     "VEC_NORMALIZE_FILE",
     "CheckpointCallback",
+    "EvaluationHook",
     "RunDirectoryError",
     "TrainingInterrupted",
     "build_model",

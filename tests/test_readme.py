@@ -49,6 +49,8 @@ def test_the_readme_is_short_and_shows_every_command() -> None:
         "bench",
         "envs",
         "demo",
+        "sweep",
+        "report",
     }
 
 

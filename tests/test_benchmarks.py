@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+import pytest
+
 BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
 
 
@@ -37,11 +39,26 @@ def test_landmark_table_reports_each_moving_keypoint_untrained_and_trained() -> 
         "batch_size": 4,
         "first": evaluation(0.5),
         "last": evaluation(0.99),
+        "wall_s": 30.0,
         "frames_per_s": 12.0,
     }
-    table = landmarks.table([result], ["base", "target"])
+    table = landmarks.table([result], ["base", "target"], ratio=0.7)
     assert "target: R², error (cm)" in table and "base" not in table
-    assert "0.50 → **0.99**, 5.0 → 0.1" in table
+    assert "0.50 → **0.99**, 5.0 → 0.1 ✓ | yes |" in table
+    result["last"] = evaluation(0.4)  # trained error 6.0 cm > 0.7 x 5.0 cm: did not learn it
+    assert "0.50 → **0.40**, 5.0 → 6.0 | no |" in landmarks.table([result], ["base", "target"], 0.7)
+    failed = {"method": "fse", "error": "fse failed:\nTraceback ...\nRuntimeError: no points"}
+    rows = landmarks.table([result, failed], ["base", "target"], 0.7).splitlines()
+    assert rows[-1] == "| fse | failed: RuntimeError: no points |"
+
+
+def test_landmark_configs_follow_the_dataset_task() -> None:
+    landmarks = load("landmarks")
+    assert landmarks.task_of("kp3d/Push-v0") == "push"
+    assert landmarks.config_for("hourglass", "push").name == "push_hourglass.yaml"
+    assert landmarks.config_for("fse", "push").name == "reach_fse.yaml"  # Reach's where none
+    with pytest.raises(SystemExit, match=r"methods with a config: .*keypoint2d"):
+        landmarks.config_for("nonexistent", "reach")
 
 
 def test_perception_speed_compares_the_crops(tmp_path: Path) -> None:

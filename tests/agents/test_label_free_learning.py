@@ -1,0 +1,72 @@
+"""Every label-free keypoint method learns: trained by its own pretrain config (shortened, on a
+small Reach dataset), its keypoints locate the moving arm on held-out episodes better than its
+untrained network's do.
+
+The criterion is the landmark protocol's (``benchmarks/landmarks.py``): a linear probe from the
+keypoints to each ground-truth keypoint, fitted on training episodes and scored on held-out ones;
+training must cut the probe's error on the elbow and the fingertip to at most ``RATIO`` of the
+untrained network's. A random CNN's soft-argmax already carries some of the arm's position, so a
+method whose training stops helping (or hurts, as a wrong loss sign or warp direction does) fails.
+The static target needs many more episodes than a toy dataset holds; the benchmark measures it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from agents.dataset import write_dataset
+from agents.pretrain import load_pretrain_config, pretrain
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "pretrain"
+RATIO = 0.7
+ARM = ("elbow", "fingertip")
+
+# Per method: the overrides that shrink its config to a toy budget (a few thousand frames at
+# 48 px). Transporter, FSE, Zhang et al. and AutoLink are not here yet: at this budget training
+# does not (yet) cut their arm error to RATIO of the untrained network's (issue 17; e.g.
+# Transporter 300 x 8: fingertip 12.1 -> 8.5 cm, 0.71x).
+TOY = {
+    "keypoint2d": ["steps=1000", "batch_size=16"],
+    "selftrain": [
+        "steps=300",
+        "batch_size=8",
+        "perception.kwargs.warmup_steps=150",
+        "perception.kwargs.round_steps=50",
+        "perception.kwargs.rounds=2",
+    ],
+}
+SLOW = {"selftrain"}  # about a minute
+
+
+@pytest.fixture(scope="module")
+def reach_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("reach48")
+    write_dataset("kp3d/Reach-v0", frames=3000, out=out, size=48, progress=False)
+    return out
+
+
+@pytest.mark.parametrize(
+    "method", [pytest.param(m, marks=pytest.mark.slow) if m in SLOW else m for m in TOY]
+)
+def test_training_locates_the_arm_better_than_the_untrained_network(
+    method: str, reach_dataset: Path, tmp_path: Path
+) -> None:
+    overrides = [
+        f"dataset={reach_dataset}",
+        "eval_every=0",
+        "eval_frames=600",
+        "checkpoint_every=0",
+        "progress_bar=false",
+        "seed=0",
+        *TOY[method],
+    ]
+    config = load_pretrain_config(CONFIGS / f"reach_{method}.yaml", overrides)
+    run_dir = pretrain(config, tmp_path / method)
+    lines = (run_dir / "evaluations.jsonl").read_text().strip().splitlines()
+    first, last = (json.loads(line)["probe_per_keypoint"] for line in (lines[0], lines[-1]))
+    errors = {name: (first[name]["error_m"], last[name]["error_m"]) for name in ARM}
+    for name, (untrained, trained) in errors.items():
+        assert trained <= RATIO * untrained, f"{method} {name}: {errors}"

@@ -59,7 +59,9 @@ from kp3d.perception.base import (
 )
 from kp3d.perception.coordinates import normalized_coordinates
 from kp3d.perception.image_keypoints import image_keypoint_output
-from kp3d.perception.layers import conv_relu
+from kp3d.perception.layers import conv_relu, he_initialise
+from kp3d.perception.scene import EmptyScene
+from kp3d.reconstruction import foreground_weights
 from kp3d.spatial import EPS, cell_centers, heatmap_to_image, soft_argmax, spatial_softmax
 
 
@@ -97,7 +99,10 @@ def segment_squared_distances(
 
 
 def edge_heatmaps(
-    keypoints: torch.Tensor, image_size: Sequence[int], thickness: float
+    keypoints: torch.Tensor,
+    image_size: Sequence[int],
+    thickness: float,
+    self_loops: bool = False,
 ) -> torch.Tensor:
     """One heatmap per pair of keypoints: a Gaussian of the distance to the segment joining them.
 
@@ -110,16 +115,20 @@ def edge_heatmaps(
         keypoints: ``(N, K, 2)`` full-image pixels ``(u, v)``.
         image_size: ``(H, W)``.
         thickness: ``τ``.
+        self_loops: also the ``K`` pairs ``(i, i)``: a segment of length 0, a Gaussian dot at
+            ``p_i``.
 
     Returns:
-        ``(N, K (K - 1) / 2, H, W)`` maps in ``[0, 1]``, pairs ``(i, j)``, ``i < j``, in the order
-        of ``torch.triu_indices(K, K, 1)``.
+        ``(N, P, H, W)`` maps in ``[0, 1]``, pairs ``(i, j)``, ``i < j`` (``i <= j`` with
+        ``self_loops``), in the order of ``torch.triu_indices(K, K, offset)`` (offset 1, or 0).
     """
     if keypoints.ndim != 3 or keypoints.shape[-1] != 2:
         raise ValueError(f"keypoints must have shape (N, K, 2); got {tuple(keypoints.shape)}")
     height, width = image_size
     count = keypoints.shape[1]
-    first, second = torch.triu_indices(count, count, 1, device=keypoints.device)
+    first, second = torch.triu_indices(
+        count, count, 0 if self_loops else 1, device=keypoints.device
+    )
     coordinates = normalized_coordinates(keypoints, (height, width))
     u, v = cell_centers(height, width, device=keypoints.device, dtype=keypoints.dtype)
     u, v = 2.0 * u / width - 1.0, 2.0 * v / height - 1.0
@@ -128,7 +137,10 @@ def edge_heatmaps(
 
 
 def multiscale_l1(
-    reconstructions: torch.Tensor, targets: torch.Tensor, scales: int = 3
+    reconstructions: torch.Tensor,
+    targets: torch.Tensor,
+    scales: int = 3,
+    weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mean absolute error at full, half, quarter... resolution (2x2 average pooling), averaged.
 
@@ -136,16 +148,25 @@ def multiscale_l1(
         reconstructions: ``(N, ch, H, W)``.
         targets: ``(N, ch, H, W)``.
         scales: number of resolutions.
+        weights: ``(N, H, W)`` per-pixel weights (pooled with the images, normalised to mean 1
+            at every scale), or ``None`` for the plain mean.
 
     Returns:
         Scalar.
     """
     total = reconstructions.new_zeros(())
+    if weights is not None:
+        weights = weights[:, None]
     for scale in range(scales):
         if scale:
             reconstructions = F.avg_pool2d(reconstructions, 2)
             targets = F.avg_pool2d(targets, 2)
-        total = total + F.l1_loss(reconstructions, targets)
+            weights = None if weights is None else F.avg_pool2d(weights, 2)
+        error = (reconstructions - targets).abs()
+        if weights is None:
+            total = total + error.mean()
+        else:
+            total = total + (error * weights).mean() / (weights.mean() + EPS)
     return total / scales
 
 
@@ -343,7 +364,7 @@ class EdgeUNet(nn.Module):
 
 
 @register_perception("autolink")
-class AutoLink(Perception):
+class AutoLink(EmptyScene, Perception):
     """AutoLink (He et al., NeurIPS 2022): ``K`` keypoints per view and a learnt graph linking
     them (see the module docstring).
 
@@ -378,6 +399,17 @@ class AutoLink(Perception):
             rather than silently training with the default loss.
         perceptual_size: side the images are resized to for the perceptual loss (the
             reference: 224).
+        foreground_weight: ``λ`` of per-pixel weights ``1 + λ |x - B|`` of the L1 terms
+            towards what differs from the empty scene ``B`` (:mod:`kp3d.reconstruction`;
+            :meth:`set_background`, else the batch's median); 0 for the paper's plain loss.
+        decoder_image: what the decoder sees beside the edge map: ``"masked"`` the view with
+            ``mask_ratio`` of its blocks removed (the paper), or ``"empty_scene"`` the empty
+            scene ``B``, so that everything that is not the scene must come from the keypoints.
+        init: ``"he"`` (He-normal convs, :func:`~kp3d.perception.layers.he_initialise`) or
+            ``"default"`` (PyTorch's; flat heatmaps at the start).
+        self_loops: the graph may link a keypoint to itself, drawn as a dot at the keypoint
+            (:func:`edge_heatmaps`), its weight learnt like the others': a lone object (Reach's
+            3 px target) needs one keypoint instead of two collapsed onto it.
 
     In eval mode the mask is drawn from a fixed seed, so ``forward`` is deterministic.
 
@@ -404,8 +436,22 @@ class AutoLink(Perception):
         ssim_weight: float = 1.0,
         perceptual_weights: str | None = None,
         perceptual_size: int = 224,
+        foreground_weight: float = 0.0,
+        decoder_image: str = "masked",
+        init: str = "default",
+        self_loops: bool = False,
     ) -> None:
         super().__init__(num_cameras, image_size)
+        if decoder_image not in ("masked", "empty_scene"):
+            raise ValueError(
+                f"decoder_image must be 'masked' or 'empty_scene'; got {decoder_image!r}"
+            )
+        if init not in ("he", "default"):
+            raise ValueError(f"init must be 'he' or 'default'; got {init!r}")
+        check_non_negative(foreground_weight=foreground_weight)
+        self.foreground_weight = float(foreground_weight)
+        self.decoder_image = decoder_image
+        self.self_loops = bool(self_loops)
         if not isinstance(num_keypoints, int) or num_keypoints < 2:
             raise ValueError(
                 f"num_keypoints must be an int >= 2 (edges link pairs); got {num_keypoints!r}"
@@ -444,6 +490,10 @@ class AutoLink(Perception):
         )
         self.image_scale = nn.Parameter(torch.tensor(1.0))  # the reference's alpha
         self.decoder = EdgeUNet(f)
+        if init == "he":
+            he_initialise(self.detector)
+            he_initialise(self.decoder)
+        self.init_background()
         # Frozen, and kept out of the state dict and of parameters(): held in a plain tuple.
         self._perceptual: tuple[PerceptualLoss, ...] = ()
         if perceptual_weights is not None:
@@ -455,9 +505,11 @@ class AutoLink(Perception):
         return 2 * self.num_cameras * self.num_keypoints
 
     def edge_weights(self) -> torch.Tensor:
-        """``(K, K)`` the learnt edge weights: symmetric, non-negative, zero on the diagonal."""
-        weights = torch.triu(F.softplus(self.edge_logits * self.edge_lr_scale), diagonal=1)
-        return weights + weights.T
+        """``(K, K)`` the learnt edge weights: symmetric, non-negative, zero on the diagonal
+        unless ``self_loops``."""
+        offset = 0 if self.self_loops else 1
+        weights = torch.triu(F.softplus(self.edge_logits * self.edge_lr_scale), diagonal=offset)
+        return weights + torch.triu(weights, diagonal=1).T
 
     def detect(self, views: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Heatmaps and keypoints of views.
@@ -474,12 +526,14 @@ class AutoLink(Perception):
         return heatmaps, keypoints
 
     def edge_map(self, keypoints: torch.Tensor) -> torch.Tensor:
-        """``S = max_{i<j} w_ij S_ij``: ``keypoints (N, K, 2)`` pixels → ``(N, 1, H, W)``."""
+        """``S = max_{i<j} w_ij S_ij`` (``i <= j`` with ``self_loops``): ``keypoints (N, K, 2)``
+        pixels → ``(N, 1, H, W)``."""
+        offset = 0 if self.self_loops else 1
         first, second = torch.triu_indices(
-            self.num_keypoints, self.num_keypoints, 1, device=keypoints.device
+            self.num_keypoints, self.num_keypoints, offset, device=keypoints.device
         )
         weights = self.edge_weights()[first, second]
-        edges = edge_heatmaps(keypoints, self.image_size, self.edge_thickness)
+        edges = edge_heatmaps(keypoints, self.image_size, self.edge_thickness, self.self_loops)
         return (edges * weights[:, None, None]).amax(dim=1, keepdim=True)
 
     def masks(self, count: int, device: torch.device) -> torch.Tensor:
@@ -501,19 +555,29 @@ class AutoLink(Perception):
         Returns:
             ``(N, 3, H, W)`` reconstructions, about ``[0, 1]``.
         """
-        masked = (views * 2.0 - 1.0) * self.masks(len(views), views.device).to(views.dtype)
-        inputs = torch.cat([masked * self.image_scale, self.edge_map(keypoints)], dim=1)
+        if self.decoder_image == "masked":
+            mask = self.masks(len(views), views.device).to(views.dtype)
+            image = (views * 2.0 - 1.0) * mask  # removed blocks are 0, mid-grey
+        else:
+            image = self.view_backgrounds(views) * 2.0 - 1.0
+        inputs = torch.cat([image * self.image_scale, self.edge_map(keypoints)], dim=1)
         return self.decoder(inputs) * 0.5 + 0.5
 
     def reconstruction_loss(
         self, reconstructions: torch.Tensor, views: torch.Tensor
     ) -> torch.Tensor:
         """Unweighted loss of ``reconstructions (N, 3, H, W)`` against ``views (N, 3, H, W)``:
-        the perceptual loss if a weights file was given, else multi-scale L1 plus SSIM."""
+        the perceptual loss if a weights file was given, else multi-scale L1 (weighted towards
+        the foreground with ``foreground_weight``) plus SSIM."""
         if self._perceptual:
             perceptual = self._perceptual[0].to(device=views.device, dtype=views.dtype)
             return perceptual(reconstructions, views)
-        loss = multiscale_l1(reconstructions, views)
+        weights = None
+        if self.foreground_weight > 0:
+            weights = foreground_weights(
+                views, self.view_backgrounds(views), self.foreground_weight
+            )
+        loss = multiscale_l1(reconstructions, views, weights=weights)
         if self.ssim_weight > 0:
             ssim = kornia.losses.ssim_loss(reconstructions, views, window_size=5)
             loss = loss + self.ssim_weight * ssim

@@ -57,7 +57,8 @@ from kp3d.perception.equivariance import (
     warp_generator,
 )
 from kp3d.perception.image_keypoints import image_keypoint_output
-from kp3d.perception.layers import ConvLayer, ConvStack
+from kp3d.perception.layers import ConvLayer, ConvStack, he_initialise
+from kp3d.perception.scene import EmptyScene
 from kp3d.spatial import heatmap_to_image, soft_argmax, spatial_softmax
 
 
@@ -78,7 +79,7 @@ def diversity_loss(heatmaps: torch.Tensor) -> torch.Tensor:
 
 
 @register_perception("fse")
-class FactorizedSpatialEmbeddings(Perception):
+class FactorizedSpatialEmbeddings(EmptyScene, Perception):
     """Factorized spatial embeddings (Thewlis et al., ICCV 2017): ``K`` landmarks per view,
     learned from equivariance to random thin-plate-spline warps plus a diversity loss.
 
@@ -95,6 +96,13 @@ class FactorizedSpatialEmbeddings(Perception):
         equivariance_weight: weight of ``L_align`` (in normalised coordinates, where 1 px of a
             64 px image is ``1/32``: the default makes a 1 px error cost ``0.1``).
         diversity_weight: weight of ``L_div``.
+        detector_input: what the detector (and the warps) see: ``"image"`` the view in
+            ``[-1, 1]`` (the paper), or ``"foreground"`` the view minus the empty scene
+            (:meth:`set_background`, else the batch's median), zero wherever the view shows
+            the empty scene: the analogue of the paper's crops around the object, for views
+            that are mostly floor.
+        init: ``"he"`` (He-normal convs, :func:`~kp3d.perception.layers.he_initialise`) or
+            ``"default"`` (PyTorch's; flat heatmaps at the start).
 
     A loss term appears in ``PerceptionOutput.losses`` (already weighted) iff its weight is
     positive: ``equivariance``, ``diversity``.
@@ -113,8 +121,17 @@ class FactorizedSpatialEmbeddings(Perception):
         warp_strength: float = 1.0,
         equivariance_weight: float = 100.0,
         diversity_weight: float = 1.0,
+        detector_input: str = "image",
+        init: str = "default",
     ) -> None:
         super().__init__(num_cameras, image_size)
+        if detector_input not in ("image", "foreground"):
+            raise ValueError(
+                f"detector_input must be 'image' or 'foreground'; got {detector_input!r}"
+            )
+        if init not in ("he", "default"):
+            raise ValueError(f"init must be 'he' or 'default'; got {init!r}")
+        self.detector_input = detector_input
         check_positive_ints(num_keypoints=num_keypoints, base_filters=base_filters)
         if heatmap_stride not in (1, 2, 4):
             raise ValueError(f"heatmap_stride must be 1, 2 or 4; got {heatmap_stride!r}")
@@ -151,28 +168,39 @@ class FactorizedSpatialEmbeddings(Perception):
         f = base_filters
         self.encoder = ConvStack(3, [f, 2 * f, 2 * f, 4 * f, 4 * f], layers)
         self.head = nn.Conv2d(4 * f, num_keypoints, 1)
+        if init == "he":
+            he_initialise(self)
+        self.init_background()
 
     @property
     def features_dim(self) -> int:
         """``2 C K``: normalised ``(u, v)`` per camera and landmark."""
         return 2 * self.num_cameras * self.num_keypoints
 
-    def detect(self, images: torch.Tensor) -> torch.Tensor:
+    def detector_inputs(self, images: torch.Tensor) -> torch.Tensor:
+        """``(B C, 3, H, W)`` what the detector reads of ``images (B, C, 3, H, W)`` in
+        ``[0, 1]`` (``detector_input``), cameras folded into the batch."""
+        if self.detector_input == "image":
+            return images.flatten(0, 1) * 2.0 - 1.0
+        background = self.scene_background(images).expand_as(images)
+        return (images - background).flatten(0, 1)
+
+    def detect(self, inputs: torch.Tensor) -> torch.Tensor:
         """Heatmap logits of single views.
 
         Args:
-            images: ``(N, 3, H, W)`` in ``[0, 1]``.
+            inputs: ``(N, 3, H, W)`` from :meth:`detector_inputs`.
 
         Returns:
             ``(N, K, S_h, S_w)``.
         """
-        return self.head(self.encoder(images * 2.0 - 1.0))
+        return self.head(self.encoder(inputs))
 
     def locate(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Heatmaps and landmarks of single views.
 
         Args:
-            images: ``(N, 3, H, W)`` in ``[0, 1]``.
+            images: ``(N, 3, H, W)`` from :meth:`detector_inputs`.
 
         Returns:
             ``heatmaps (N, K, S_h, S_w)`` (each sums to 1) and ``pixels (N, K, 2)``, the
@@ -183,7 +211,8 @@ class FactorizedSpatialEmbeddings(Perception):
         return heatmaps, pixels
 
     def auxiliary_losses(self, views: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The weighted losses on warped pairs of ``views (N, 3, H, W)`` (module docstring)."""
+        """The weighted losses on warped pairs of ``views (N, 3, H, W)`` (detector inputs,
+        module docstring)."""
         pair = WarpedPair.sample(views, self.warp_strength, warp_generator(self.training))
         heatmaps, pixels = self.locate(torch.cat([pair.first, pair.second]))
         first, second = pixels.chunk(2)
@@ -211,7 +240,7 @@ class FactorizedSpatialEmbeddings(Perception):
         used. The landmarks (and features) are those of the undeformed views; the losses are
         computed on two deformations of every view."""
         self.check_inputs(images, intrinsics, extrinsics)
-        views = images.flatten(0, 1)
+        views = self.detector_inputs(images)
         heatmaps, pixels = self.locate(views)
         losses = self.auxiliary_losses(views) if compute_losses else {}
         return image_keypoint_output(pixels, heatmaps, self.num_cameras, self.image_size, losses)

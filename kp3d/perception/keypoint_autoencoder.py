@@ -21,7 +21,6 @@ the 2D ablation draws them where they are.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -43,7 +42,8 @@ from kp3d.perception.layers import (
     resolve_crop_size,
     sample_crop_origins,
 )
-from kp3d.reconstruction import batch_background, foreground_weights, weighted_mse
+from kp3d.perception.scene import EmptyScene
+from kp3d.reconstruction import foreground_weights, weighted_mse
 from kp3d.spatial import (
     EPS,
     crop_images,
@@ -139,7 +139,7 @@ def normalized_crops(
     return out.sub_(1.0).view(batch, cameras, channels, height, width)
 
 
-class KeypointAutoencoder(Perception):
+class KeypointAutoencoder(EmptyScene, Perception):
     """Base of the keypoint-bottleneck autoencoders (:class:`~kp3d.perception.Keypoint3D`,
     :class:`~kp3d.perception.Keypoint2D`): the encoder, heatmaps, crops, noise, attention,
     Gaussian drawing and decoder of the module docstring's steps 1-3.
@@ -290,28 +290,8 @@ class KeypointAutoencoder(Perception):
             background_channels = [background_filters * multiple for multiple in (1, 2, 4)]
             self.background_encoder = ConvStack(3 * count, background_channels, layers, self.groups)
             decoder_inputs += background_channels[-1]
-        # The empty scene seen by each camera, NaN until set_background (part of the state dict).
-        self.register_buffer("background", torch.full((count, 3, *self.image_size), math.nan))
-        self._background_known = False
+        self.init_background()
         self.decoder = ConvDecoder(decoder_inputs, 3 * count, channels, layers, sizes, self.groups)
-
-    def set_background(self, images: torch.Tensor) -> None:
-        """Set the empty scene each camera sees (fixed cameras): the decoder's conditioning with
-        ``background=True`` and the reference of the reconstruction's foreground weights.
-
-        Args:
-            images: ``(C, 3, H, W)`` float in ``[0, 1]``: a render of the scene without the robot
-                and the objects (``env.unwrapped.render_background()``). Stored in the state dict.
-        """
-        expected = (self.num_cameras, 3, *self.image_size)
-        if tuple(images.shape) != expected:
-            raise ValueError(
-                f"background images must have shape {expected}; got {tuple(images.shape)}"
-            )
-        if not torch.isfinite(images).all():
-            raise ValueError("background images must be finite")
-        self.background.copy_(images)
-        self._background_known = True
 
     def training_losses(self, batch: FrameBatch) -> dict[str, torch.Tensor]:
         """The auxiliary losses of :meth:`forward` on ``batch``, with its per-frame empty scene
@@ -320,45 +300,6 @@ class KeypointAutoencoder(Perception):
             batch.images, batch.intrinsics, batch.extrinsics, backgrounds=batch.backgrounds
         )
         return dict(output.losses)
-
-    @property
-    def has_background(self) -> bool:
-        """Whether :meth:`set_background` was called (or a state dict holding one was loaded)."""
-        if not self._background_known:
-            self._background_known = bool(torch.isfinite(self.background).all())
-        return self._background_known
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
-        # Checkpoints from before the background was always a buffer lack it: keep it unknown.
-        state_dict.setdefault(prefix + "background", self.background.clone())
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        self._background_known = False
-
-    def scene_background(
-        self, images: torch.Tensor, backgrounds: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """The empty scene behind ``images``: ``backgrounds`` if given, else the one set by
-        :meth:`set_background`, else the batch's per-pixel median
-        (:func:`~kp3d.reconstruction.batch_background`, right for fixed cameras only).
-
-        Args:
-            images: ``(B, C, 3, H, W)`` in ``[0, 1]``.
-            backgrounds: ``(B, C, 3, H, W)`` or ``(C, 3, H, W)``, or ``None``.
-
-        Returns:
-            ``(B, C, 3, H, W)`` or ``(C, 3, H, W)``, of the images' dtype.
-        """
-        if backgrounds is not None:
-            expected = tuple(images.shape)
-            if tuple(backgrounds.shape) not in (expected, expected[1:]):
-                raise ValueError(
-                    f"backgrounds must have shape {expected} or {expected[1:]}; got "
-                    f"{tuple(backgrounds.shape)}"
-                )
-            return backgrounds.to(images.dtype)
-        if self.has_background:
-            return self.background.to(images.dtype)
-        return batch_background(images)
 
     def crop(self, images: torch.Tensor, crop_origins: torch.Tensor) -> torch.Tensor:
         """``(B, C, 3, h, w)`` crops of ``images (B, C, 3, H, W)`` in ``[0, 1]`` at

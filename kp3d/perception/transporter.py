@@ -69,7 +69,9 @@ from kp3d.perception.base import (
     register_perception,
 )
 from kp3d.perception.image_keypoints import image_keypoint_output
-from kp3d.perception.layers import ConvLayer, ConvStack, conv_relu, conv_sizes
+from kp3d.perception.layers import ConvLayer, ConvStack, conv_relu, conv_sizes, he_initialise
+from kp3d.perception.scene import EmptyScene
+from kp3d.reconstruction import foreground_weights, weighted_mse
 from kp3d.spatial import gaussian_maps, heatmap_to_image, soft_argmax, spatial_softmax
 
 TRANSPORTER_LAYERS = (
@@ -153,7 +155,7 @@ class RefineNet(nn.Sequential):
 
 
 @register_perception("transporter")
-class Transporter(Perception):
+class Transporter(EmptyScene, Perception):
     """Transporter (Kulkarni et al., NeurIPS 2019): ``K`` keypoints per view in pixels.
 
     Architecture (``f`` = ``base_filters``; see the module docstring): ``Φ`` and ``Ψ`` are two
@@ -172,6 +174,17 @@ class Transporter(Perception):
             reference's 0.1). On the feature grid that is a Gaussian of
             ``std / √2 · S / 2`` cells (0.57 cells on a 16 x 16 grid).
         reconstruction_weight: weight of the squared error of the reconstruction.
+        foreground_weight: ``λ`` of the per-pixel weights ``1 + λ |x_t - B|`` of the squared
+            error towards what differs from the empty scene ``B`` (:mod:`kp3d.reconstruction`;
+            :meth:`set_background`, else the batch's median); 0 for the paper's plain error.
+        source: where offline training (:meth:`training_losses`) takes ``x_s`` from:
+            ``"episode"`` the pair's frame of the same episode (the paper), ``"batch"`` another
+            sample of the batch, i.e. of another episode (as :meth:`forward` does under an
+            agent). Objects that never move within an episode (Reach's target) differ only
+            between episodes, so only ``"batch"`` makes the decoder need a keypoint on them.
+        init: ``"he"`` (He-normal convs, :func:`~kp3d.perception.layers.he_initialise`: the
+            heatmaps start peaked, as with the paper's batch norm) or ``"default"`` (PyTorch's:
+            flat heatmaps, every keypoint at the view's centre).
 
     Outputs (``forward``): ``features (B, 2 C K)``: the keypoints' ``(u, v)`` normalised to
     ``[-1, 1]`` across the image (:func:`~kp3d.perception.coordinates.normalized_coordinates`),
@@ -193,11 +206,20 @@ class Transporter(Perception):
         base_filters: int = 8,
         gaussian_std: float = 0.1,
         reconstruction_weight: float = 1.0,
+        foreground_weight: float = 0.0,
+        source: str = "episode",
+        init: str = "default",
     ) -> None:
         super().__init__(num_cameras, image_size)
         check_positive_ints(num_keypoints=num_keypoints, base_filters=base_filters)
         check_positive(gaussian_std=gaussian_std)
-        check_non_negative(reconstruction_weight=reconstruction_weight)
+        check_non_negative(
+            reconstruction_weight=reconstruction_weight, foreground_weight=foreground_weight
+        )
+        if source not in ("episode", "batch"):
+            raise ValueError(f"source must be 'episode' or 'batch'; got {source!r}")
+        if init not in ("he", "default"):
+            raise ValueError(f"init must be 'he' or 'default'; got {init!r}")
         if any(side % 4 for side in self.image_size):
             raise ValueError(
                 f"Transporter needs image sides that are multiples of 4 (its feature grid is a "
@@ -205,6 +227,8 @@ class Transporter(Perception):
             )
         self.num_keypoints = num_keypoints
         self.reconstruction_weight = float(reconstruction_weight)
+        self.foreground_weight = float(foreground_weight)
+        self.source_frames = source
         self.heatmap_size: tuple[int, int] = conv_sizes(self.image_size, TRANSPORTER_LAYERS)[-1]
         # exp(-d²/std²) in [-1, 1] units is a Gaussian of sigma = std/√2 half-sides.
         self.gaussian_cells = gaussian_std / math.sqrt(2.0) * min(self.heatmap_size) / 2.0
@@ -215,8 +239,11 @@ class Transporter(Perception):
         self.keypoint_encoder = ConvStack(3, channels, TRANSPORTER_LAYERS)
         self.keypoint_head = nn.Conv2d(4 * f, num_keypoints, 1)
         self.decoder = RefineNet(f)
+        if init == "he":
+            he_initialise(self)
         self.register_buffer("source", torch.zeros(self.num_cameras, 3, *self.image_size))
         self.register_buffer("has_source", torch.tensor(False))
+        self.init_background()
 
     @property
     def features_dim(self) -> int:
@@ -286,6 +313,19 @@ class Transporter(Perception):
         )
         return self.decode(transported)
 
+    def reconstruction_loss(
+        self, reconstructions: torch.Tensor, images: torch.Tensor
+    ) -> torch.Tensor:
+        """Squared error of ``reconstructions (B C, 3, H, W)`` against ``images (B, C, 3, H, W)``,
+        weighted towards what differs from the empty scene (``foreground_weight``)."""
+        views = images.flatten(0, 1)
+        if self.foreground_weight == 0:
+            return F.mse_loss(reconstructions, views)
+        weights = foreground_weights(
+            images, self.scene_background(images), self.foreground_weight
+        ).flatten(0, 1)
+        return weighted_mse(reconstructions, views, weights)
+
     def _encode(
         self, images: torch.Tensor, sources: torch.Tensor | None, compute_losses: bool
     ) -> PerceptionOutput:
@@ -296,8 +336,8 @@ class Transporter(Perception):
         reconstructions = None
         if compute_losses and sources is not None and self.reconstruction_weight > 0:
             reconstructions = self.reconstruct(sources.flatten(0, 1), views, maps)
-            losses["reconstruction"] = self.reconstruction_weight * F.mse_loss(
-                reconstructions, views
+            losses["reconstruction"] = self.reconstruction_weight * self.reconstruction_loss(
+                reconstructions, images
             )
         return image_keypoint_output(
             pixels,
@@ -328,7 +368,8 @@ class Transporter(Perception):
         return self._encode(images, sources, compute_losses)
 
     def training_losses(self, batch: FrameBatch) -> dict[str, torch.Tensor]:
-        """The transport loss with ``x_t = batch.images`` and ``x_s = batch.pair.images``.
+        """The transport loss with ``x_t = batch.images`` and ``x_s = batch.pair.images``
+        (``source="episode"``) or the batch rolled by one sample (``source="batch"``).
 
         Raises:
             ValueError: if ``batch`` has no :attr:`~kp3d.batch.FrameBatch.pair`.
@@ -339,7 +380,10 @@ class Transporter(Perception):
                 "FrameBatch.pair (build batches with pairs, e.g. FrameDataset(..., pairs=...))"
             )
         self.check_inputs(batch.images, batch.intrinsics, batch.extrinsics)
-        return dict(self._encode(batch.images, batch.pair.images, compute_losses=True).losses)
+        sources = batch.pair.images
+        if self.source_frames == "batch" and len(batch.images) > 1:
+            sources = batch.images.roll(1, dims=0)
+        return dict(self._encode(batch.images, sources, compute_losses=True).losses)
 
 
 __all__ = ["TRANSPORTER_LAYERS", "RefineNet", "Transporter", "transport_features"]

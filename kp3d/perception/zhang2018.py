@@ -73,7 +73,6 @@ import math
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from kp3d.batch import FrameBatch
@@ -89,6 +88,8 @@ from kp3d.perception.base import (
 from kp3d.perception.equivariance import WarpedPair, equivariance_loss, warp_generator
 from kp3d.perception.hourglass import Hourglass, Residual, default_depth
 from kp3d.perception.image_keypoints import image_keypoint_output
+from kp3d.perception.scene import EmptyScene
+from kp3d.reconstruction import foreground_weights, weighted_mse
 from kp3d.spatial import EPS, cell_centers, gaussian_maps, heatmap_to_image
 
 FLOW_WINDOW_STD = 1.0
@@ -204,7 +205,7 @@ class HourglassBranch(nn.Sequential):
 
 
 @register_perception("zhang2018")
-class Zhang2018(Perception):
+class Zhang2018(EmptyScene, Perception):
     """Zhang et al. (CVPR 2018): ``K`` landmarks per view from a ``K + 1``-channel detector,
     per-landmark descriptors and a landmark-conditioned decoder (module docstring).
 
@@ -236,6 +237,10 @@ class Zhang2018(Perception):
         motion_weight: ``λ_motion`` of the true-motion term, same units (the authors' code
             weighs it as the warp term); 0 disables it, and :meth:`training_losses` then needs
             no pairs.
+        foreground_weight: ``λ`` of per-pixel weights ``1 + λ |x - B|`` of the reconstruction's
+            squared error towards what differs from the empty scene ``B``
+            (:mod:`kp3d.reconstruction`; :meth:`set_background`, else the batch's median); 0
+            for the paper's plain error.
 
     A loss term appears in ``PerceptionOutput.losses`` (already weighted) iff its weight is
     positive: ``reconstruction``, ``concentration``, ``separation``, ``equivariance``;
@@ -264,8 +269,11 @@ class Zhang2018(Perception):
         separation_weight: float = 0.1,
         equivariance_weight: float = 1e3,
         motion_weight: float = 1e3,
+        foreground_weight: float = 0.0,
     ) -> None:
         super().__init__(num_cameras, image_size)
+        check_non_negative(foreground_weight=foreground_weight)
+        self.foreground_weight = float(foreground_weight)
         check_positive_ints(num_keypoints=num_keypoints)
         if not isinstance(channels, int) or channels < 4 or channels % 4:
             raise ValueError(f"channels must be a positive multiple of 4; got {channels!r}")
@@ -321,6 +329,7 @@ class Zhang2018(Perception):
             nn.ReLU(),
             nn.Conv2d(channels, 3, 3, padding=1),
         )
+        self.init_background()
 
     @property
     def features_dim(self) -> int:
@@ -430,8 +439,13 @@ class Zhang2018(Perception):
         if weights["reconstruction"] > 0:
             stds = variances.mean(dim=-1).clamp(min=EPS).sqrt()
             reconstructions = self.decode(cells, self.descriptors(views, cells, stds))
-            losses["reconstruction"] = weights["reconstruction"] * F.mse_loss(
-                reconstructions, views
+            pixel_weights = None
+            if self.foreground_weight > 0:
+                pixel_weights = foreground_weights(
+                    views, self.view_backgrounds(views), self.foreground_weight
+                )
+            losses["reconstruction"] = weights["reconstruction"] * weighted_mse(
+                reconstructions, views, pixel_weights
             )
         return losses, maps, cells, reconstructions
 

@@ -299,3 +299,60 @@ def test_training_reduces_the_reconstruction_loss() -> None:
         optimizer.step()
     after = loss()
     assert after < 0.5 * before, (before, after)
+
+
+# -- options for views that are mostly floor (issue 17) --------------------------------------------
+
+
+def test_self_loops_draw_a_dot_at_each_keypoint() -> None:
+    keypoints = torch.tensor([[[8.0, 8.0], [24.0, 20.0]]], dtype=torch.float64)
+    maps = edge_heatmaps(keypoints, (IMAGE, IMAGE), 0.01, self_loops=True)
+    # Pairs (0, 0), (0, 1), (1, 1): the loops are dots peaking at their keypoint.
+    assert maps.shape == (1, 3, IMAGE, IMAGE)
+    torch.testing.assert_close(maps[:, 1], edge_heatmaps(keypoints, (IMAGE, IMAGE), 0.01)[:, 0])
+    for index, (u, v) in ((0, (8, 8)), (2, (24, 20))):
+        peak = divmod(int(maps[0, index].argmax()), IMAGE)
+        assert peak in ((v - 1, u - 1), (v - 1, u), (v, u - 1), (v, u))
+        assert maps[0, index, v, u + 4] < 0.2  # 4.5 px away: a dot, not a line
+    model = small_model(num_keypoints=4, self_loops=True)
+    weights = model.edge_weights()
+    torch.testing.assert_close(weights, weights.T)
+    assert (weights.diagonal() > 0).all()
+    assert model.edge_map(torch.rand(2, 4, 2) * IMAGE).shape == (2, 1, IMAGE, IMAGE)
+
+
+def test_empty_scene_as_the_decoder_image() -> None:
+    # The decoder sees the empty scene, not the view: two views with the same keypoints decode
+    # alike, whatever their pixels.
+    model = small_model(decoder_image="empty_scene", init="he").eval()
+    model.set_background(torch.rand(2, 3, IMAGE, IMAGE))
+    views = torch.rand(4, 3, IMAGE, IMAGE)
+    keypoints = torch.rand(1, 4, 2).expand(4, -1, -1) * IMAGE
+    decoded = model.reconstruct(views, keypoints)
+    torch.testing.assert_close(decoded[0], decoded[2])  # camera 0 of two samples
+    assert not torch.allclose(decoded[0], decoded[1])  # the other camera's empty scene
+    masked = small_model(init="he").eval()
+    decoded = masked.reconstruct(views, keypoints)
+    assert not torch.allclose(decoded[0], decoded[2])
+
+
+def test_foreground_weighted_multiscale_l1() -> None:
+    targets = torch.zeros(2, 3, 16, 16)
+    reconstructions = targets.clone()
+    reconstructions[:, :, :2, :2] = 1.0  # wrong in a corner only
+    uniform = multiscale_l1(reconstructions, targets)
+    torch.testing.assert_close(
+        multiscale_l1(reconstructions, targets, weights=torch.ones(2, 16, 16)), uniform
+    )
+    weights = torch.ones(2, 16, 16)
+    weights[:, :4, :4] = 20.0
+    assert multiscale_l1(reconstructions, targets, weights=weights) > 5 * uniform
+
+
+def test_option_errors() -> None:
+    with pytest.raises(ValueError, match="decoder_image must be 'masked' or 'empty_scene'"):
+        small_model(decoder_image="blank")
+    with pytest.raises(ValueError, match="init must be 'he' or 'default'"):
+        small_model(init="zeros")
+    with pytest.raises(ValueError, match="foreground_weight"):
+        small_model(foreground_weight=-2.0)

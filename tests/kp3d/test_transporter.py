@@ -223,6 +223,46 @@ def test_source_of_the_transport_loss() -> None:
     assert output.losses == {} and output.visuals.reconstructions is None
 
 
+def test_offline_source_from_another_episode() -> None:
+    # source="batch": offline training transports from the batch's previous sample (another
+    # episode), as forward does, whatever the pair holds; "episode" uses the pair.
+    images = torch.rand(3, 2, 3, IMAGE, IMAGE)
+    pair = torch.rand_like(images)
+    episode = small_model(init="he").eval()
+    batch = small_model(source="batch", init="he").eval()
+    rolled = episode.training_losses(frame_batch(images, images.roll(1, dims=0)))
+    from_pair = episode.training_losses(frame_batch(images, pair))
+    torch.testing.assert_close(batch.training_losses(frame_batch(images, pair)), rolled)
+    assert not torch.allclose(from_pair["reconstruction"], rolled["reconstruction"])
+
+
+def test_foreground_weighted_reconstruction() -> None:
+    # With the empty scene known, the error counts more where the view differs from it.
+    model = small_model(foreground_weight=20.0).eval()
+    plain = small_model().eval()
+    background = torch.rand(2, 3, IMAGE, IMAGE)
+    images = background.expand(3, -1, -1, -1, -1).clone()
+    images[:, :, :, 10:14, 10:14] = 1.0  # a small object
+    model.set_background(background)
+    reconstructions = images.flatten(0, 1).clone()
+    reconstructions[:, :, 10:14, 10:14] = 0.0  # the object missed: 16 px of 1024
+    weighted = model.reconstruction_loss(reconstructions, images)
+    unweighted = plain.reconstruction_loss(reconstructions, images)
+    assert weighted > 5 * unweighted
+    # Exact where nothing is missed.
+    assert model.reconstruction_loss(images.flatten(0, 1), images) == 0
+
+
+def test_he_init_spreads_the_heatmap_logits() -> None:
+    # PyTorch's default init leaves the logits almost flat across a view; He init does not.
+    views = torch.rand(4, 3, IMAGE, IMAGE)
+
+    def logit_spread(model: Transporter) -> float:
+        return model.keypoint_head(model.keypoint_encoder(views * 2 - 1)).std(dim=(-2, -1)).mean()
+
+    assert logit_spread(small_model(init="he")) > 10 * logit_spread(small_model())
+
+
 def test_source_frame_is_saved_with_the_module(tmp_path) -> None:
     model = small_model()
     source = torch.rand(2, 3, IMAGE, IMAGE)
@@ -254,6 +294,12 @@ def test_input_errors() -> None:
         small_model(gaussian_std=0.0)
     with pytest.raises(ValueError, match="num_keypoints"):
         small_model(num_keypoints=0)
+    with pytest.raises(ValueError, match="source must be 'episode' or 'batch'"):
+        small_model(source="video")
+    with pytest.raises(ValueError, match="init must be 'he' or 'default'"):
+        small_model(init="xavier")
+    with pytest.raises(ValueError, match="foreground_weight"):
+        small_model(foreground_weight=-1.0)
     model = small_model()
     with pytest.raises(ValueError, match=r"source images must have shape \(2, 3, 32, 32\)"):
         model.set_source(torch.rand(3, 3, IMAGE, IMAGE))
@@ -265,9 +311,12 @@ def test_registered() -> None:
     assert "transporter" in available_perceptions()
     assert set(perception_hyperparameters("transporter")) == {
         "base_filters",
+        "foreground_weight",
         "gaussian_std",
+        "init",
         "num_keypoints",
         "reconstruction_weight",
+        "source",
     }
 
 

@@ -59,7 +59,7 @@ from kp3d.perception.base import (
 )
 from kp3d.perception.coordinates import normalized_coordinates
 from kp3d.perception.image_keypoints import image_keypoint_output
-from kp3d.perception.layers import conv_relu, he_initialise
+from kp3d.perception.layers import conv_relu, initialise_convs
 from kp3d.perception.scene import EmptyScene
 from kp3d.reconstruction import foreground_weights
 from kp3d.spatial import EPS, cell_centers, heatmap_to_image, soft_argmax, spatial_softmax
@@ -446,8 +446,6 @@ class AutoLink(EmptyScene, Perception):
             raise ValueError(
                 f"decoder_image must be 'masked' or 'empty_scene'; got {decoder_image!r}"
             )
-        if init not in ("he", "default"):
-            raise ValueError(f"init must be 'he' or 'default'; got {init!r}")
         check_non_negative(foreground_weight=foreground_weight)
         self.foreground_weight = float(foreground_weight)
         self.decoder_image = decoder_image
@@ -490,9 +488,7 @@ class AutoLink(EmptyScene, Perception):
         )
         self.image_scale = nn.Parameter(torch.tensor(1.0))  # the reference's alpha
         self.decoder = EdgeUNet(f)
-        if init == "he":
-            he_initialise(self.detector)
-            he_initialise(self.decoder)
+        initialise_convs(self, init)
         self.init_background()
         # Frozen, and kept out of the state dict and of parameters(): held in a plain tuple.
         self._perceptual: tuple[PerceptualLoss, ...] = ()

@@ -57,7 +57,7 @@ from kp3d.perception.equivariance import (
     warp_generator,
 )
 from kp3d.perception.image_keypoints import image_keypoint_output
-from kp3d.perception.layers import ConvLayer, ConvStack, he_initialise
+from kp3d.perception.layers import ConvLayer, ConvStack, initialise_convs
 from kp3d.perception.scene import EmptyScene
 from kp3d.spatial import heatmap_to_image, soft_argmax, spatial_softmax
 
@@ -129,8 +129,6 @@ class FactorizedSpatialEmbeddings(EmptyScene, Perception):
             raise ValueError(
                 f"detector_input must be 'image' or 'foreground'; got {detector_input!r}"
             )
-        if init not in ("he", "default"):
-            raise ValueError(f"init must be 'he' or 'default'; got {init!r}")
         self.detector_input = detector_input
         check_positive_ints(num_keypoints=num_keypoints, base_filters=base_filters)
         if heatmap_stride not in (1, 2, 4):
@@ -168,8 +166,7 @@ class FactorizedSpatialEmbeddings(EmptyScene, Perception):
         f = base_filters
         self.encoder = ConvStack(3, [f, 2 * f, 2 * f, 4 * f, 4 * f], layers)
         self.head = nn.Conv2d(4 * f, num_keypoints, 1)
-        if init == "he":
-            he_initialise(self)
+        initialise_convs(self, init)
         self.init_background()
 
     @property

@@ -239,6 +239,19 @@ def he_initialise(module: nn.Module) -> nn.Module:
     return module
 
 
+def initialise_convs(module: nn.Module, init: str) -> None:
+    """Apply the ``init`` option of a landmark learner: ``"he"`` (:func:`he_initialise`) or
+    ``"default"`` (PyTorch's, left as is).
+
+    Raises:
+        ValueError: for any other value.
+    """
+    if init not in ("he", "default"):
+        raise ValueError(f"init must be 'he' or 'default'; got {init!r}")
+    if init == "he":
+        he_initialise(module)
+
+
 __all__ = [
     "ConvDecoder",
     "ConvLayer",
@@ -246,6 +259,7 @@ __all__ = [
     "conv_output_size",
     "conv_sizes",
     "he_initialise",
+    "initialise_convs",
     "resolve_crop_size",
     "sample_crop_origins",
 ]

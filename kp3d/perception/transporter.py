@@ -69,7 +69,7 @@ from kp3d.perception.base import (
     register_perception,
 )
 from kp3d.perception.image_keypoints import image_keypoint_output
-from kp3d.perception.layers import ConvLayer, ConvStack, conv_relu, conv_sizes, he_initialise
+from kp3d.perception.layers import ConvLayer, ConvStack, conv_relu, conv_sizes, initialise_convs
 from kp3d.perception.scene import EmptyScene
 from kp3d.reconstruction import foreground_weights, weighted_mse
 from kp3d.spatial import gaussian_maps, heatmap_to_image, soft_argmax, spatial_softmax
@@ -218,8 +218,6 @@ class Transporter(EmptyScene, Perception):
         )
         if source not in ("episode", "batch"):
             raise ValueError(f"source must be 'episode' or 'batch'; got {source!r}")
-        if init not in ("he", "default"):
-            raise ValueError(f"init must be 'he' or 'default'; got {init!r}")
         if any(side % 4 for side in self.image_size):
             raise ValueError(
                 f"Transporter needs image sides that are multiples of 4 (its feature grid is a "
@@ -239,8 +237,7 @@ class Transporter(EmptyScene, Perception):
         self.keypoint_encoder = ConvStack(3, channels, TRANSPORTER_LAYERS)
         self.keypoint_head = nn.Conv2d(4 * f, num_keypoints, 1)
         self.decoder = RefineNet(f)
-        if init == "he":
-            he_initialise(self)
+        initialise_convs(self, init)
         self.register_buffer("source", torch.zeros(self.num_cameras, 3, *self.image_size))
         self.register_buffer("has_source", torch.tensor(False))
         self.init_background()

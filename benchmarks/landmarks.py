@@ -141,11 +141,15 @@ def table(results: list[dict], keypoint_names: list[str], ratio: float) -> str:
         for name in keypoint_names
         if any(r["last"]["probe_per_keypoint"][name]["r2"] is not None for r in finished)
     ]
-    header = " | ".join(f"{name}: R², error (cm)" for name in moving)
-    lines = [
-        f"| method | steps x batch | {header} | learns every object | wall (s) | frames/s |",
-        "|---|---|" + "---|" * len(moving) + "---|---|---|",
+    columns = [
+        "method",
+        "steps x batch",
+        *(f"{name}: R², error (cm)" for name in moving),
+        "learns every object",
+        "wall (s)",
+        "frames/s",
     ]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
 
     def cell(first: dict, last: dict) -> str:
         mark = " ✓" if learned(first, last, ratio) else ""

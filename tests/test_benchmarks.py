@@ -50,6 +50,9 @@ def test_landmark_table_reports_each_moving_keypoint_untrained_and_trained() -> 
     failed = {"method": "fse", "error": "fse failed:\nTraceback ...\nRuntimeError: no points"}
     rows = landmarks.table([result, failed], ["base", "target"], 0.7).splitlines()
     assert rows[-1] == "| fse | failed: RuntimeError: no points |"
+    header, rule, _row = landmarks.table([failed], ["base", "target"], 0.7).splitlines()
+    assert header.count("|") == rule.count("|")  # every method failed: still a valid table
+    assert header == "| method | steps x batch | learns every object | wall (s) | frames/s |"
 
 
 def test_landmark_configs_follow_the_dataset_task() -> None:

@@ -60,7 +60,7 @@ from kp3d.perception.base import (
 from kp3d.perception.coordinates import normalized_coordinates
 from kp3d.perception.image_keypoints import image_keypoint_output
 from kp3d.perception.layers import conv_relu, initialise_convs
-from kp3d.perception.scene import EmptyScene
+from kp3d.perception.scene import EmptyScene, add_foreground_prior, foreground_magnitude
 from kp3d.reconstruction import foreground_weights
 from kp3d.spatial import EPS, cell_centers, heatmap_to_image, soft_argmax, spatial_softmax
 
@@ -410,6 +410,10 @@ class AutoLink(EmptyScene, Perception):
         self_loops: the graph may link a keypoint to itself, drawn as a dot at the keypoint
             (:func:`edge_heatmaps`), its weight learnt like the others': a lone object (Reach's
             3 px target) needs one keypoint instead of two collapsed onto it.
+        foreground_prior: ``λ`` of :func:`~kp3d.perception.scene.add_foreground_prior`:
+            heatmap logits plus ``λ`` times each cell's difference from the empty scene, so
+            that keypoints are drawn to the moving bodies (the edge map alone gives a keypoint
+            no gradient towards an object a few pixels away from every edge). 0 for the paper.
 
     In eval mode the mask is drawn from a fixed seed, so ``forward`` is deterministic.
 
@@ -440,14 +444,16 @@ class AutoLink(EmptyScene, Perception):
         decoder_image: str = "masked",
         init: str = "default",
         self_loops: bool = False,
+        foreground_prior: float = 0.0,
     ) -> None:
         super().__init__(num_cameras, image_size)
         if decoder_image not in ("masked", "empty_scene"):
             raise ValueError(
                 f"decoder_image must be 'masked' or 'empty_scene'; got {decoder_image!r}"
             )
-        check_non_negative(foreground_weight=foreground_weight)
+        check_non_negative(foreground_weight=foreground_weight, foreground_prior=foreground_prior)
         self.foreground_weight = float(foreground_weight)
+        self.foreground_prior = float(foreground_prior)
         self.decoder_image = decoder_image
         self.self_loops = bool(self_loops)
         if not isinstance(num_keypoints, int) or num_keypoints < 2:
@@ -511,13 +517,18 @@ class AutoLink(EmptyScene, Perception):
         """Heatmaps and keypoints of views.
 
         Args:
-            views: ``(N, 3, H, W)`` in ``[0, 1]``.
+            views: ``(N, 3, H, W)`` in ``[0, 1]``; with ``foreground_prior`` the ``C`` views
+                of each sample in a row (``images.flatten(0, 1)``).
 
         Returns:
             ``heatmaps (N, K, S_h, S_w)`` (each sums to 1) and ``keypoints (N, K, 2)`` in
             full-image pixels.
         """
-        heatmaps = spatial_softmax(self.detector(views * 2.0 - 1.0))
+        logits = self.detector(views * 2.0 - 1.0)
+        if self.foreground_prior > 0:
+            magnitude = foreground_magnitude(views, self.view_backgrounds(views))
+            logits = add_foreground_prior(logits, magnitude, self.foreground_prior)
+        heatmaps = spatial_softmax(logits)
         keypoints = heatmap_to_image(soft_argmax(heatmaps), self.heatmap_size, self.image_size)
         return heatmaps, keypoints
 

@@ -58,7 +58,7 @@ from kp3d.perception.equivariance import (
 )
 from kp3d.perception.image_keypoints import image_keypoint_output
 from kp3d.perception.layers import ConvLayer, ConvStack, initialise_convs
-from kp3d.perception.scene import EmptyScene
+from kp3d.perception.scene import EmptyScene, add_foreground_prior, foreground_magnitude
 from kp3d.spatial import heatmap_to_image, soft_argmax, spatial_softmax
 
 
@@ -103,6 +103,11 @@ class FactorizedSpatialEmbeddings(EmptyScene, Perception):
             that are mostly floor.
         init: ``"he"`` (He-normal convs, :func:`~kp3d.perception.layers.he_initialise`) or
             ``"default"`` (PyTorch's; flat heatmaps at the start).
+        foreground_prior: ``λ`` added as ``λ m`` to every heatmap logit, ``m ∈ [0, 1]`` the
+            cell's largest difference from the empty scene (over its pixels and colours;
+            warped with the view): landmarks are drawn to what differs from the empty scene,
+            the bodies that move, which warp equivariance alone does not prefer over the
+            static base. 0 for the paper.
 
     A loss term appears in ``PerceptionOutput.losses`` (already weighted) iff its weight is
     positive: ``equivariance``, ``diversity``.
@@ -123,6 +128,7 @@ class FactorizedSpatialEmbeddings(EmptyScene, Perception):
         diversity_weight: float = 1.0,
         detector_input: str = "image",
         init: str = "default",
+        foreground_prior: float = 0.0,
     ) -> None:
         super().__init__(num_cameras, image_size)
         if detector_input not in ("image", "foreground"):
@@ -142,7 +148,9 @@ class FactorizedSpatialEmbeddings(EmptyScene, Perception):
             warp_strength=warp_strength,
             equivariance_weight=equivariance_weight,
             diversity_weight=diversity_weight,
+            foreground_prior=foreground_prior,
         )
+        self.foreground_prior = float(foreground_prior)
         self.num_keypoints = num_keypoints
         self.warp_strength = float(warp_strength)
         self.loss_weights = {
@@ -176,28 +184,38 @@ class FactorizedSpatialEmbeddings(EmptyScene, Perception):
 
     def detector_inputs(self, images: torch.Tensor) -> torch.Tensor:
         """``(B C, 3, H, W)`` what the detector reads of ``images (B, C, 3, H, W)`` in
-        ``[0, 1]`` (``detector_input``), cameras folded into the batch."""
-        if self.detector_input == "image":
-            return images.flatten(0, 1) * 2.0 - 1.0
-        background = self.scene_background(images).expand_as(images)
-        return (images - background).flatten(0, 1)
+        ``[0, 1]`` (``detector_input``), cameras folded into the batch; with
+        ``foreground_prior`` a fourth channel, the largest colour difference from the empty
+        scene, so that warps move it with the view."""
+        needs_scene = self.detector_input == "foreground" or self.foreground_prior > 0
+        background = self.scene_background(images).expand_as(images) if needs_scene else None
+        inputs = images * 2.0 - 1.0 if self.detector_input == "image" else images - background
+        inputs = inputs.flatten(0, 1)
+        if self.foreground_prior > 0:
+            magnitude = foreground_magnitude(images.flatten(0, 1), background.flatten(0, 1))
+            inputs = torch.cat([inputs, magnitude], dim=1)
+        return inputs
 
     def detect(self, inputs: torch.Tensor) -> torch.Tensor:
         """Heatmap logits of single views.
 
         Args:
-            inputs: ``(N, 3, H, W)`` from :meth:`detector_inputs`.
+            inputs: ``(N, 3, H, W)`` (``(N, 4, H, W)`` with ``foreground_prior``) from
+                :meth:`detector_inputs`.
 
         Returns:
             ``(N, K, S_h, S_w)``.
         """
-        return self.head(self.encoder(inputs))
+        logits = self.head(self.encoder(inputs[:, :3]))
+        if self.foreground_prior > 0:
+            logits = add_foreground_prior(logits, inputs[:, 3:], self.foreground_prior)
+        return logits
 
     def locate(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Heatmaps and landmarks of single views.
 
         Args:
-            images: ``(N, 3, H, W)`` from :meth:`detector_inputs`.
+            images: ``(N, 3, H, W)`` (or 4 channels) from :meth:`detector_inputs`.
 
         Returns:
             ``heatmaps (N, K, S_h, S_w)`` (each sums to 1) and ``pixels (N, K, 2)``, the

@@ -19,8 +19,26 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
 from kp3d.reconstruction import batch_background
+
+
+def foreground_magnitude(views: torch.Tensor, backgrounds: torch.Tensor) -> torch.Tensor:
+    """``(N, 1, H, W)`` in ``[0, 1]``: each pixel's largest colour difference between
+    ``views (N, 3, H, W)`` and their empty scene ``backgrounds (N, 3, H, W)`` (``[0, 1]``)."""
+    return (views - backgrounds).abs().amax(dim=1, keepdim=True)
+
+
+def add_foreground_prior(
+    logits: torch.Tensor, magnitude: torch.Tensor, weight: float
+) -> torch.Tensor:
+    """Heatmap ``logits (N, K, S_h, S_w)`` plus ``weight · m``, ``m`` the largest
+    :func:`foreground_magnitude` ``(N, 1, H, W)`` inside each cell: a spatial softmax of the
+    result puts ``e^weight`` times more mass on a cell of a moving body than on the empty
+    scene, so a keypoint can find a small object (Reach's 3 px target) that its loss alone
+    gives no gradient towards."""
+    return logits + weight * F.adaptive_max_pool2d(magnitude, logits.shape[-2:])
 
 
 class EmptyScene:
@@ -100,4 +118,4 @@ class EmptyScene:
         return self.scene_background(images).expand_as(images).flatten(0, 1)
 
 
-__all__ = ["EmptyScene"]
+__all__ = ["EmptyScene", "add_foreground_prior", "foreground_magnitude"]

@@ -356,3 +356,27 @@ def test_option_errors() -> None:
         small_model(init="zeros")
     with pytest.raises(ValueError, match="foreground_weight"):
         small_model(foreground_weight=-2.0)
+
+
+def test_foreground_prior_draws_keypoints_to_what_differs_from_the_empty_scene() -> None:
+    """With a detector that prefers no cell (zero last conv), the prior alone puts every
+    keypoint of every camera on that view's bright square, the only thing that differs from
+    the black empty scene; without it they sit at the image centre."""
+    images = torch.zeros(2, 2, 3, IMAGE, IMAGE)
+    corners = torch.tensor([[[4, 8], [20, 4]], [[16, 20], [8, 24]]])  # (B, C, (row, col))
+    for b in range(2):
+        for c in range(2):
+            row, col = corners[b, c].tolist()
+            images[b, c, :, row : row + 4, col : col + 4] = 1.0
+    expected = corners.flip(-1).float() + 2.0  # the squares' centres, (u, v) pixels
+    for prior, target in ((30.0, expected), (0.0, torch.full_like(expected, IMAGE / 2))):
+        model = small_model(foreground_prior=prior)
+        torch.nn.init.zeros_(model.detector[-1].weight)
+        torch.nn.init.zeros_(model.detector[-1].bias)
+        model.set_background(torch.zeros(2, 3, IMAGE, IMAGE))
+        output = model.eval()(images, *cameras(2), compute_losses=False)
+        keypoints = output.keypoints.unflatten(1, (2, -1))  # (B, C, K, 2)
+        error = (keypoints - target[:, :, None]).norm(dim=-1)
+        assert error.max() < 1.0, (prior, error)
+    with pytest.raises(ValueError, match="foreground_prior must be non-negative"):
+        small_model(foreground_prior=-1.0)

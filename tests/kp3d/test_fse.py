@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 from perception_fixtures import identity_cameras, losses_before_and_after_training
+from torch import nn
 
 from kp3d.perception import (
     FactorizedSpatialEmbeddings,
@@ -154,3 +155,26 @@ def test_errors() -> None:
     model = small_model()
     with pytest.raises(ValueError, match="images must have shape"):
         model(torch.rand(2, 3, 3, IMAGE, IMAGE), *cameras(3))
+
+
+def test_foreground_prior_draws_landmarks_to_what_differs_from_the_empty_scene() -> None:
+    """With a detector that prefers no cell (zero head), the prior alone places every landmark
+    on the red dot, the only thing that differs from the grey empty scene; in warped training
+    views the prior moves with the dot, so this oracle is equivariant (loss ~ 0)."""
+    images, pixels = dot_images(4, seed=3)
+    model = small_model(1, foreground_prior=30.0, heatmap_stride=1)
+    nn.init.zeros_(model.head.weight)
+    nn.init.zeros_(model.head.bias)
+    model.set_background(torch.full((1, 3, IMAGE, IMAGE), 0.5))
+    output = model.eval()(images[:, None], *cameras(1), compute_losses=False)
+    error = (output.keypoints - pixels[:, None]).norm(dim=-1)
+    assert error.max() < 1.0, error
+    assert model.detector_inputs(images[:, None]).shape == (4, 4, IMAGE, IMAGE)
+    losses = model.train().auxiliary_losses(model.detector_inputs(images[:, None]))
+    plain = small_model(1, heatmap_stride=1)
+    nn.init.zeros_(plain.head.weight)
+    nn.init.zeros_(plain.head.bias)
+    constant = plain.train().auxiliary_losses(plain.detector_inputs(images[:, None]))
+    assert losses["equivariance"] < 0.05 * constant["equivariance"]
+    with pytest.raises(ValueError, match="foreground_prior must be non-negative"):
+        small_model(foreground_prior=-1.0)

@@ -513,12 +513,25 @@ class AutoLink(EmptyScene, Perception):
         weights = torch.triu(F.softplus(self.edge_logits * self.edge_lr_scale), diagonal=offset)
         return weights + torch.triu(weights, diagonal=1).T
 
-    def detect(self, views: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def backgrounds_for(self, views: torch.Tensor, compute_losses: bool) -> torch.Tensor | None:
+        """``(N, 3, H, W)`` the empty scene behind ``views`` (the ``C`` views of each sample in
+        a row, ``images.flatten(0, 1)``) if an option reads it, else ``None``: looked up once
+        per forward and shared by the prior, the decoder's image and the loss weights."""
+        decoding = compute_losses and self.reconstruction_weight > 0
+        needed = self.foreground_prior > 0 or (
+            decoding and (self.foreground_weight > 0 or self.decoder_image == "empty_scene")
+        )
+        return self.view_backgrounds(views) if needed else None
+
+    def detect(
+        self, views: torch.Tensor, backgrounds: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Heatmaps and keypoints of views.
 
         Args:
             views: ``(N, 3, H, W)`` in ``[0, 1]``; with ``foreground_prior`` the ``C`` views
                 of each sample in a row (``images.flatten(0, 1)``).
+            backgrounds: their empty scene (:meth:`backgrounds_for`); looked up if ``None``.
 
         Returns:
             ``heatmaps (N, K, S_h, S_w)`` (each sums to 1) and ``keypoints (N, K, 2)`` in
@@ -526,7 +539,9 @@ class AutoLink(EmptyScene, Perception):
         """
         logits = self.detector(views * 2.0 - 1.0)
         if self.foreground_prior > 0:
-            magnitude = foreground_magnitude(views, self.view_backgrounds(views))
+            if backgrounds is None:
+                backgrounds = self.view_backgrounds(views)
+            magnitude = foreground_magnitude(views, backgrounds)
             logits = add_foreground_prior(logits, magnitude, self.foreground_prior)
         heatmaps = spatial_softmax(logits)
         keypoints = heatmap_to_image(soft_argmax(heatmaps), self.heatmap_size, self.image_size)
@@ -552,12 +567,19 @@ class AutoLink(EmptyScene, Perception):
             count, self.image_size, self.mask_blocks, self.mask_ratio, generator, device
         )
 
-    def reconstruct(self, views: torch.Tensor, keypoints: torch.Tensor) -> torch.Tensor:
-        """Decode views from their keypoints' edge map and their masked pixels.
+    def reconstruct(
+        self,
+        views: torch.Tensor,
+        keypoints: torch.Tensor,
+        backgrounds: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Decode views from their keypoints' edge map and their masked pixels (or their empty
+        scene, ``decoder_image``).
 
         Args:
             views: ``(N, 3, H, W)`` in ``[0, 1]``.
             keypoints: ``(N, K, 2)`` pixels.
+            backgrounds: their empty scene (:meth:`backgrounds_for`); looked up if ``None``.
 
         Returns:
             ``(N, 3, H, W)`` reconstructions, about ``[0, 1]``.
@@ -566,24 +588,30 @@ class AutoLink(EmptyScene, Perception):
             mask = self.masks(len(views), views.device).to(views.dtype)
             image = (views * 2.0 - 1.0) * mask  # removed blocks are 0, mid-grey
         else:
-            image = self.view_backgrounds(views) * 2.0 - 1.0
+            if backgrounds is None:
+                backgrounds = self.view_backgrounds(views)
+            image = backgrounds * 2.0 - 1.0
         inputs = torch.cat([image * self.image_scale, self.edge_map(keypoints)], dim=1)
         return self.decoder(inputs) * 0.5 + 0.5
 
     def reconstruction_loss(
-        self, reconstructions: torch.Tensor, views: torch.Tensor
+        self,
+        reconstructions: torch.Tensor,
+        views: torch.Tensor,
+        backgrounds: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Unweighted loss of ``reconstructions (N, 3, H, W)`` against ``views (N, 3, H, W)``:
         the perceptual loss if a weights file was given, else multi-scale L1 (weighted towards
-        the foreground with ``foreground_weight``) plus SSIM."""
+        the foreground with ``foreground_weight``, against ``backgrounds``, looked up if
+        ``None``) plus SSIM."""
         if self._perceptual:
             perceptual = self._perceptual[0].to(device=views.device, dtype=views.dtype)
             return perceptual(reconstructions, views)
         weights = None
         if self.foreground_weight > 0:
-            weights = foreground_weights(
-                views, self.view_backgrounds(views), self.foreground_weight
-            )
+            if backgrounds is None:
+                backgrounds = self.view_backgrounds(views)
+            weights = foreground_weights(views, backgrounds, self.foreground_weight)
         loss = multiscale_l1(reconstructions, views, weights=weights)
         if self.ssim_weight > 0:
             ssim = kornia.losses.ssim_loss(reconstructions, views, window_size=5)
@@ -600,13 +628,14 @@ class AutoLink(EmptyScene, Perception):
         """See :class:`kp3d.perception.Perception`; the matrices are validated but not used."""
         self.check_inputs(images, intrinsics, extrinsics)
         views = images.flatten(0, 1)
-        heatmaps, keypoints = self.detect(views)
+        backgrounds = self.backgrounds_for(views, compute_losses)
+        heatmaps, keypoints = self.detect(views, backgrounds)
         losses: dict[str, torch.Tensor] = {}
         reconstructions = None
         if compute_losses and self.reconstruction_weight > 0:
-            reconstructions = self.reconstruct(views, keypoints)
+            reconstructions = self.reconstruct(views, keypoints, backgrounds)
             losses["reconstruction"] = self.reconstruction_weight * self.reconstruction_loss(
-                reconstructions, views
+                reconstructions, views, backgrounds
             )
         return image_keypoint_output(
             keypoints,

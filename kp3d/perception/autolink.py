@@ -58,6 +58,7 @@ from kp3d.perception.base import (
     register_perception,
 )
 from kp3d.perception.coordinates import normalized_coordinates
+from kp3d.perception.fse import diversity_loss
 from kp3d.perception.image_keypoints import image_keypoint_output
 from kp3d.perception.layers import conv_relu, initialise_convs
 from kp3d.perception.scene import EmptyScene, add_foreground_prior, foreground_magnitude
@@ -414,13 +415,25 @@ class AutoLink(EmptyScene, Perception):
             heatmap logits plus ``λ`` times each cell's difference from the empty scene, so
             that keypoints are drawn to the moving bodies (the edge map alone gives a keypoint
             no gradient towards an object a few pixels away from every edge). 0 for the paper.
+        dot_weight: every keypoint is also drawn as a dot (its self-loop) of this fixed weight
+            (added to the learnt one with ``self_loops``). The learnt weights of a keypoint
+            that no edge uses decay to zero, and then nothing it does reaches the loss: a dead
+            keypoint, which Reach's target needs. A fixed dot keeps every keypoint in the
+            picture, as the Gaussian maps of Transporter and Keypoint3D do. 0 for the paper.
+        diversity_weight: weight of Thewlis et al.'s diversity loss on the heatmaps
+            (:func:`~kp3d.perception.fse.diversity_loss`, in ``[0, K - 1]`` per view): the
+            reconstruction is indifferent to a keypoint that repeats another one's dot, so
+            nothing else sends one to a small object far from the others. 0 for the paper.
+        diversity_pool: ``pool`` of that loss: keypoints must be that many heatmap cells
+            (of 4 px) apart to cost nothing.
 
     In eval mode the mask is drawn from a fixed seed, so ``forward`` is deterministic.
 
     Outputs (``forward``): ``features (B, 2 C K)``, the keypoints' ``(u, v)`` normalised to
     ``[-1, 1]`` across the image, camera-major; ``keypoints (B, C K, 2)`` full-image pixels;
-    ``confidence None``; ``losses {"reconstruction"}``; visuals with the keypoints, the softmax
-    heatmaps ``(B, C, K, S_h, S_w)`` and the reconstructions.
+    ``confidence None``; ``losses {"reconstruction", "diversity"}`` (each iff its weight is
+    positive); visuals with the keypoints, the softmax heatmaps ``(B, C, K, S_h, S_w)`` and the
+    reconstructions.
     """
 
     keypoint_frame = "image"
@@ -445,13 +458,25 @@ class AutoLink(EmptyScene, Perception):
         init: str = "default",
         self_loops: bool = False,
         foreground_prior: float = 0.0,
+        dot_weight: float = 0.0,
+        diversity_weight: float = 0.0,
+        diversity_pool: int = 1,
     ) -> None:
         super().__init__(num_cameras, image_size)
         if decoder_image not in ("masked", "empty_scene"):
             raise ValueError(
                 f"decoder_image must be 'masked' or 'empty_scene'; got {decoder_image!r}"
             )
-        check_non_negative(foreground_weight=foreground_weight, foreground_prior=foreground_prior)
+        check_non_negative(
+            foreground_weight=foreground_weight,
+            foreground_prior=foreground_prior,
+            dot_weight=dot_weight,
+            diversity_weight=diversity_weight,
+        )
+        self.dot_weight = float(dot_weight)
+        self.diversity_weight = float(diversity_weight)
+        check_positive_ints(diversity_pool=diversity_pool)
+        self.diversity_pool = diversity_pool
         self.foreground_weight = float(foreground_weight)
         self.foreground_prior = float(foreground_prior)
         self.decoder_image = decoder_image
@@ -548,14 +573,17 @@ class AutoLink(EmptyScene, Perception):
         return heatmaps, keypoints
 
     def edge_map(self, keypoints: torch.Tensor) -> torch.Tensor:
-        """``S = max_{i<j} w_ij S_ij`` (``i <= j`` with ``self_loops``): ``keypoints (N, K, 2)``
-        pixels → ``(N, 1, H, W)``."""
-        offset = 0 if self.self_loops else 1
+        """``S = max_{i<j} w_ij S_ij`` (``i <= j`` with ``self_loops`` or ``dot_weight``, the
+        dots weighted ``w_ii + dot_weight``): ``keypoints (N, K, 2)`` pixels → ``(N, 1, H, W)``."""
+        dots = self.self_loops or self.dot_weight > 0
         first, second = torch.triu_indices(
-            self.num_keypoints, self.num_keypoints, offset, device=keypoints.device
+            self.num_keypoints, self.num_keypoints, 0 if dots else 1, device=keypoints.device
         )
-        weights = self.edge_weights()[first, second]
-        edges = edge_heatmaps(keypoints, self.image_size, self.edge_thickness, self.self_loops)
+        weights = self.edge_weights()
+        if self.dot_weight > 0:
+            weights = weights + self.dot_weight * torch.eye(len(weights), device=weights.device)
+        weights = weights[first, second]
+        edges = edge_heatmaps(keypoints, self.image_size, self.edge_thickness, dots)
         return (edges * weights[:, None, None]).amax(dim=1, keepdim=True)
 
     def masks(self, count: int, device: torch.device) -> torch.Tensor:
@@ -637,6 +665,9 @@ class AutoLink(EmptyScene, Perception):
             losses["reconstruction"] = self.reconstruction_weight * self.reconstruction_loss(
                 reconstructions, views, backgrounds
             )
+        if compute_losses and self.diversity_weight > 0:
+            diversity = diversity_loss(heatmaps, self.diversity_pool).mean()
+            losses["diversity"] = self.diversity_weight * diversity
         return image_keypoint_output(
             keypoints,
             heatmaps,

@@ -40,6 +40,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from kp3d.perception.base import (
@@ -62,11 +63,14 @@ from kp3d.perception.scene import EmptyScene, add_foreground_prior, foreground_m
 from kp3d.spatial import heatmap_to_image, soft_argmax, spatial_softmax
 
 
-def diversity_loss(heatmaps: torch.Tensor) -> torch.Tensor:
+def diversity_loss(heatmaps: torch.Tensor, pool: int = 1) -> torch.Tensor:
     """Thewlis et al.'s diversity loss of each image: ``Σ_u (Σ_k p(u|k) - max_k p(u|k))``.
 
     Args:
         heatmaps: ``(*, K, S_h, S_w)`` maps ``p(u|k)``, each summing to 1 over its cells.
+        pool: cells ``u`` are blocks of ``pool x pool`` heatmap cells (the maps summed over
+            each block; a partial block at the edge counts as one): two maps must then be
+            a block apart, not merely in different cells, to cost nothing. 1 for the paper.
 
     Returns:
         ``(*)`` values in ``[0, K - 1]``: 0 iff no cell holds mass of two maps, ``K - 1`` when
@@ -74,6 +78,11 @@ def diversity_loss(heatmaps: torch.Tensor) -> torch.Tensor:
     """
     if heatmaps.ndim < 3:
         raise ValueError(f"heatmaps must have shape (*, K, S_h, S_w); got {tuple(heatmaps.shape)}")
+    check_positive_ints(pool=pool)
+    if pool > 1:
+        leading = heatmaps.shape[:-2]
+        blocks = F.avg_pool2d(heatmaps.flatten(0, -3), pool, ceil_mode=True, divisor_override=1)
+        heatmaps = blocks.unflatten(0, leading)
     overlap = heatmaps.sum(dim=-3) - heatmaps.max(dim=-3).values
     return overlap.sum(dim=(-2, -1))
 
@@ -108,6 +117,9 @@ class FactorizedSpatialEmbeddings(EmptyScene, Perception):
             warped with the view): landmarks are drawn to what differs from the empty scene,
             the bodies that move, which warp equivariance alone does not prefer over the
             static base. 0 for the paper.
+        diversity_pool: ``pool`` of :func:`diversity_loss`: with 2 or more, two landmarks
+            must be that many cells apart to cost nothing, so that they spread over the
+            moving bodies instead of lining up a cell apart on one of them. 1 for the paper.
 
     A loss term appears in ``PerceptionOutput.losses`` (already weighted) iff its weight is
     positive: ``equivariance``, ``diversity``.
@@ -129,6 +141,7 @@ class FactorizedSpatialEmbeddings(EmptyScene, Perception):
         detector_input: str = "image",
         init: str = "default",
         foreground_prior: float = 0.0,
+        diversity_pool: int = 1,
     ) -> None:
         super().__init__(num_cameras, image_size)
         if detector_input not in ("image", "foreground"):
@@ -150,7 +163,9 @@ class FactorizedSpatialEmbeddings(EmptyScene, Perception):
             diversity_weight=diversity_weight,
             foreground_prior=foreground_prior,
         )
+        check_positive_ints(diversity_pool=diversity_pool)
         self.foreground_prior = float(foreground_prior)
+        self.diversity_pool = diversity_pool
         self.num_keypoints = num_keypoints
         self.warp_strength = float(warp_strength)
         self.loss_weights = {
@@ -240,7 +255,10 @@ class FactorizedSpatialEmbeddings(EmptyScene, Perception):
                 inside_image(expected, self.image_size),
             )
         if self.loss_weights["diversity"] > 0:
-            losses["diversity"] = self.loss_weights["diversity"] * diversity_loss(heatmaps).mean()
+            losses["diversity"] = (
+                self.loss_weights["diversity"]
+                * diversity_loss(heatmaps, self.diversity_pool).mean()
+            )
         return losses
 
     def forward(

@@ -25,6 +25,7 @@ from kp3d.perception.autolink import (
     vgg16_features,
 )
 from kp3d.perception.coordinates import normalized_coordinates
+from kp3d.perception.fse import diversity_loss
 
 IMAGE = 32
 
@@ -319,6 +320,46 @@ def test_self_loops_draw_a_dot_at_each_keypoint() -> None:
     torch.testing.assert_close(weights, weights.T)
     assert (weights.diagonal() > 0).all()
     assert model.edge_map(torch.rand(2, 4, 2) * IMAGE).shape == (2, 1, IMAGE, IMAGE)
+
+
+def test_dot_weight_draws_every_keypoint_whatever_the_learnt_weights() -> None:
+    # Learnt weights at zero (a dead graph): without dots the edge map is empty; with them,
+    # each keypoint is a dot of the fixed weight, and its gradient reaches the keypoints.
+    keypoints = torch.tensor([[[8.0, 8.0], [24.0, 20.0], [8.0, 24.0]]], requires_grad=True)
+    for self_loops, dot_weight in ((True, 0.0), (False, 0.5), (True, 0.5)):
+        model = small_model(num_keypoints=3, self_loops=self_loops, dot_weight=dot_weight)
+        with torch.no_grad():
+            model.edge_logits.fill_(-1.0)  # softplus(-512) = 0
+        if not dot_weight:
+            assert model.edge_map(keypoints).detach().abs().max() < 1e-6
+            continue
+        edge_map = model.edge_map(keypoints)
+        for u, v in ((8, 8), (24, 20), (8, 24)):
+            assert edge_map[0, 0, v - 1 : v + 1, u - 1 : u + 1].max() > 0.4
+        assert edge_map[0, 0, 14, 16] < 0.05  # between the keypoints: no edge
+        (grad,) = torch.autograd.grad(edge_map[0, 0, 8, 9], keypoints)
+        assert grad[0, 0].abs().sum() > 0
+    with pytest.raises(ValueError, match="dot_weight"):
+        small_model(dot_weight=-1.0)
+
+
+def test_diversity_term() -> None:
+    images = torch.rand(3, 2, 3, IMAGE, IMAGE)
+    model = small_model(diversity_weight=0.5, diversity_pool=2).eval()
+    output = model(images, *cameras(2))
+    assert set(output.losses) == {"reconstruction", "diversity"}
+    heatmaps = output.visuals.heatmaps.flatten(0, 1)
+    torch.testing.assert_close(
+        output.losses["diversity"], 0.5 * diversity_loss(heatmaps, pool=2).mean()
+    )
+    model.train()
+    model(images, *cameras(2)).losses["diversity"].backward()
+    assert model.detector[-1].weight.grad.abs().sum() > 0
+    assert "diversity" not in model(images, *cameras(2), compute_losses=False).losses
+    with pytest.raises(ValueError, match="diversity_pool"):
+        small_model(diversity_pool=0)
+    with pytest.raises(ValueError, match="diversity_weight"):
+        small_model(diversity_weight=-1.0)
 
 
 def test_empty_scene_as_the_decoder_image() -> None:

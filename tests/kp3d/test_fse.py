@@ -117,6 +117,26 @@ def test_diversity_loss() -> None:
         diversity_loss(torch.zeros(4, 4))
 
 
+def test_pooled_diversity_loss_needs_landmarks_a_block_apart() -> None:
+    # Two one-hot maps in neighbouring cells: free for the paper's loss, a full overlap once
+    # the cells are pooled into 2 x 2 blocks, free again when they are a block apart.
+    neighbours = torch.zeros(2, 5, 5)
+    neighbours[0, 2, 2] = neighbours[1, 2, 3] = 1.0
+    torch.testing.assert_close(diversity_loss(neighbours), torch.tensor(0.0))
+    torch.testing.assert_close(diversity_loss(neighbours, pool=2), torch.tensor(1.0))
+    apart = torch.zeros(2, 5, 5)
+    apart[0, 0, 0] = apart[1, 4, 4] = 1.0  # the last, partial block counts as one
+    torch.testing.assert_close(diversity_loss(apart, pool=2), torch.tensor(0.0))
+    # Pooling keeps every map's mass: identical maps still cost K - 1.
+    identical = torch.rand(7, 7)
+    identical = (identical / identical.sum()).expand(3, 7, 7)
+    torch.testing.assert_close(diversity_loss(identical, pool=3), torch.tensor(2.0))
+    with pytest.raises(ValueError, match="pool"):
+        diversity_loss(neighbours, pool=0)
+    with pytest.raises(ValueError, match="diversity_pool"):
+        make_perception("fse", num_cameras=1, image_size=64, diversity_pool=0)
+
+
 def test_equivariance_loss_is_zero_for_an_equivariant_oracle_and_large_for_a_constant() -> None:
     images, pixels = dot_images(16, seed=0)
     images = images[:, None]  # one camera

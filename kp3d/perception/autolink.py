@@ -41,8 +41,8 @@ of it), one resolution level fewer in the detector and the decoder
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from pathlib import Path
 
 import kornia
 import torch
@@ -60,10 +60,23 @@ from kp3d.perception.base import (
 from kp3d.perception.coordinates import normalized_coordinates
 from kp3d.perception.fse import diversity_loss
 from kp3d.perception.image_keypoints import image_keypoint_output
-from kp3d.perception.layers import conv_relu, initialise_convs
+from kp3d.perception.layers import initialise_convs
+from kp3d.perception.perceptual import (  # re-exported: part of AutoLink's interface
+    VGG16_BLOCKS,
+    VGG16_LAYERS,
+    PerceptualLoss,
+    vgg16_features,
+)
 from kp3d.perception.scene import EmptyScene, add_foreground_prior, foreground_magnitude
 from kp3d.reconstruction import foreground_weights
-from kp3d.spatial import EPS, cell_centers, heatmap_to_image, soft_argmax, spatial_softmax
+from kp3d.spatial import (
+    EPS,
+    cell_centers,
+    gaussian_maps,
+    heatmap_to_image,
+    soft_argmax,
+    spatial_softmax,
+)
 
 
 def segment_squared_distances(
@@ -197,100 +210,6 @@ def random_block_mask(
     return F.interpolate(keep.float(), size=tuple(image_size), mode="nearest")
 
 
-VGG16_LAYERS: tuple[int | str, ...] = (64, 64, "M", 128, 128, "M", *(256,) * 3, "M", *(512,) * 3)
-"""VGG-16's convolutions up to ``relu4_3`` (``"M"``: 2x2 max pooling), as in torchvision's
-``vgg16().features[:23]``."""
-
-VGG16_BLOCKS = ((0, 4), (4, 9), (9, 16), (16, 23))
-"""The slices of those layers whose outputs the perceptual loss compares (``relu1_2``,
-``relu2_2``, ``relu3_3``, ``relu4_3``), as in AutoLink's reference loss."""
-
-
-def vgg16_features() -> nn.Sequential:
-    """VGG-16's ``features[:23]`` with torchvision's layer indices (so that a torchvision VGG-16
-    state dict loads): 3x3 convs with ReLU, 2x2 max pooling."""
-    layers: list[nn.Module] = []
-    channels = 3
-    for entry in VGG16_LAYERS:
-        if entry == "M":
-            layers.append(nn.MaxPool2d(2, 2))
-        else:
-            layers += conv_relu(channels, int(entry))
-            channels = int(entry)
-    return nn.Sequential(*layers)
-
-
-class PerceptualLoss(nn.Module):
-    """AutoLink's perceptual loss: ``Σ_blocks L1(φ_b(x̂), φ_b(x))`` on a frozen VGG-16.
-
-    Images in ``[0, 1]`` are normalised with ImageNet's mean and std and resized (bilinear) to
-    ``image_size`` (the reference: 224) before the network; the four blocks end at ``relu1_2``,
-    ``relu2_2``, ``relu3_3`` and ``relu4_3`` (:data:`VGG16_BLOCKS`).
-
-    Args:
-        weights: path of a ``torch.save``-d state dict of VGG-16: torchvision's
-            (``features.0.weight``, ..., the ``classifier`` entries are ignored) or of
-            :func:`vgg16_features` alone (``0.weight``, ...).
-        image_size: side the images are resized to.
-
-    Raises:
-        FileNotFoundError: if ``weights`` does not exist.
-        ValueError: if it is not a state dict holding VGG-16's first ten convolutions with the
-            right shapes (the message lists what is missing or mismatched).
-    """
-
-    def __init__(self, weights: str | Path, image_size: int = 224) -> None:
-        super().__init__()
-        self.network = vgg16_features()
-        self.network.load_state_dict(_vgg_state_dict(Path(weights), self.network.state_dict()))
-        self.network.requires_grad_(False)
-        self.image_size = int(image_size)
-        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
-
-    def forward(self, reconstructions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Perceptual distance of ``reconstructions (N, 3, H, W)`` to ``targets (N, 3, H, W)``,
-        both in ``[0, 1]``; a scalar."""
-        size = (self.image_size, self.image_size)
-        x, y = ((images - self.mean) / self.std for images in (reconstructions, targets))
-        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-        y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
-        total = x.new_zeros(())
-        for start, stop in VGG16_BLOCKS:
-            block = self.network[start:stop]
-            x, y = block(x), block(y)
-            total = total + F.l1_loss(x, y)
-        return total
-
-
-def _vgg_state_dict(path: Path, expected: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise FileNotFoundError(f"perceptual_weights: no file at {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises several types for foreign files
-        raise ValueError(f"perceptual_weights: {path} is not a torch state dict: {error}") from None
-    if not isinstance(payload, dict):
-        raise ValueError(f"perceptual_weights: {path} holds a {type(payload).__name__}, not a dict")
-    state = {}
-    for name, reference in expected.items():
-        value = payload.get(f"features.{name}", payload.get(name))
-        if not isinstance(value, torch.Tensor):
-            found = sorted(payload)[:8]
-            raise ValueError(
-                f"perceptual_weights: {path} lacks VGG-16's {name!r} (or 'features.{name}'); "
-                f"expected the keys {sorted(expected)} (torchvision's vgg16 state dict works), "
-                f"found {found}{' ...' if len(payload) > 8 else ''}"
-            )
-        if value.shape != reference.shape:
-            raise ValueError(
-                f"perceptual_weights: {path}: {name!r} has shape {tuple(value.shape)}, VGG-16's "
-                f"is {tuple(reference.shape)}"
-            )
-        state[name] = value.to(reference.dtype)
-    return state
-
-
 class ResidualDown(nn.Module):
     """The detector's residual block: ``conv 3x3 → /2 → LReLU → conv 3x3`` plus a ``conv 3x3 →
     /2`` shortcut, then LeakyReLU(0.2); the halving is bilinear, as in the reference."""
@@ -335,17 +254,18 @@ def _up(in_channels: int, out_channels: int) -> nn.Sequential:
 
 
 class EdgeUNet(nn.Module):
-    """AutoLink's decoder: a U-Net from ``[alpha · masked image, edge map]`` (4 channels) to RGB.
+    """AutoLink's decoder: a U-Net from ``[alpha · masked image, edge map]`` (4 channels, plus
+    ``extra_channels``) to RGB.
 
     Levels (``f`` = base filters, 64 px input): ``conv → f`` at 64, down blocks to ``2f`` at 32,
     ``4f`` at 16 and ``4f`` at 8, up blocks back with the skip connections concatenated, and a
     last 3x3 conv to 3 channels.
     """
 
-    def __init__(self, base_filters: int) -> None:
+    def __init__(self, base_filters: int, extra_channels: int = 0) -> None:
         super().__init__()
         f = base_filters
-        self.stem = nn.Sequential(nn.Conv2d(4, f, 3, padding=1), nn.LeakyReLU(0.2))
+        self.stem = nn.Sequential(nn.Conv2d(4 + extra_channels, f, 3, padding=1), nn.LeakyReLU(0.2))
         self.down1 = _down(f, 2 * f)
         self.down2 = _down(2 * f, 4 * f)
         self.down3 = _down(4 * f, 4 * f)
@@ -353,7 +273,7 @@ class EdgeUNet(nn.Module):
         self.head = nn.Conv2d(2 * f, 3, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(N, 4, H, W)`` → ``(N, 3, H, W)``; ``H, W`` multiples of 8."""
+        """``(N, 4 + extra_channels, H, W)`` → ``(N, 3, H, W)``; ``H, W`` multiples of 8."""
         full = self.stem(x)
         half = self.down1(full)
         quarter = self.down2(half)
@@ -424,6 +344,10 @@ class AutoLink(EmptyScene, Perception):
             (:func:`~kp3d.perception.fse.diversity_loss`, in ``[0, K - 1]`` per view): the
             reconstruction is indifferent to a keypoint that repeats another one's dot, so
             nothing else sends one to a small object far from the others. 0 for the paper.
+        keypoint_maps: the decoder also sees one Gaussian per keypoint (as wide as an edge),
+            each in its own channel, as Keypoint3D's and Transporter's decoders do: a keypoint
+            then has an identity the decoder can paint by (the target red), which the single,
+            anonymous edge map does not give. False for the paper.
         diversity_pool: ``pool`` of that loss: keypoints must be that many heatmap cells
             (of 4 px) apart to cost nothing.
 
@@ -461,6 +385,7 @@ class AutoLink(EmptyScene, Perception):
         dot_weight: float = 0.0,
         diversity_weight: float = 0.0,
         diversity_pool: int = 1,
+        keypoint_maps: bool = False,
     ) -> None:
         super().__init__(num_cameras, image_size)
         if decoder_image not in ("masked", "empty_scene"):
@@ -477,6 +402,7 @@ class AutoLink(EmptyScene, Perception):
         self.diversity_weight = float(diversity_weight)
         check_positive_ints(diversity_pool=diversity_pool)
         self.diversity_pool = diversity_pool
+        self.keypoint_maps = bool(keypoint_maps)
         self.foreground_weight = float(foreground_weight)
         self.foreground_prior = float(foreground_prior)
         self.decoder_image = decoder_image
@@ -518,7 +444,7 @@ class AutoLink(EmptyScene, Perception):
             (torch.randn(num_keypoints, num_keypoints) / 10.0 - 4.0) / self.edge_lr_scale
         )
         self.image_scale = nn.Parameter(torch.tensor(1.0))  # the reference's alpha
-        self.decoder = EdgeUNet(f)
+        self.decoder = EdgeUNet(f, num_keypoints if self.keypoint_maps else 0)
         initialise_convs(self, init)
         self.init_background()
         # Frozen, and kept out of the state dict and of parameters(): held in a plain tuple.
@@ -619,7 +545,12 @@ class AutoLink(EmptyScene, Perception):
             if backgrounds is None:
                 backgrounds = self.view_backgrounds(views)
             image = backgrounds * 2.0 - 1.0
-        inputs = torch.cat([image * self.image_scale, self.edge_map(keypoints)], dim=1)
+        inputs = [image * self.image_scale, self.edge_map(keypoints)]
+        if self.keypoint_maps:
+            # The edges' standard deviation across a segment, in pixels (edge_heatmaps).
+            std = math.sqrt(self.edge_thickness / 2.0) * self.image_size[0] / 2.0
+            inputs.append(gaussian_maps(keypoints, std, self.image_size))
+        inputs = torch.cat(inputs, dim=1)
         return self.decoder(inputs) * 0.5 + 0.5
 
     def reconstruction_loss(

@@ -25,13 +25,15 @@ RATIO = 0.7
 ARM = ("elbow", "fingertip")
 
 # Per method: the overrides that shrink its config to a toy budget (a few thousand frames at
-# 48 px). Not here (issue 17): FSE and AutoLink, which do not learn every Reach object even at
-# their configs' budgets (BENCHMARKS.md), and Transporter, which learns every object at its
-# config's budget on 20,000 frames at 64 px but not the fingertip on this toy dataset (1000 x 8 at
-# 48 px: elbow 9.6 -> 3.0 cm, fingertip 10.6 -> 8.7 cm, 0.82x; 3.4 minutes).
+# 48 px). AutoLink learns the arm (the test's criterion; it loses Reach's target even at its
+# config's budget, BENCHMARKS.md); at 300 x 8 its fingertip missed (9.2 -> 6.8 cm, 0.74x).
+# Not here (issue 17): Transporter and FSE, which learn every object at their configs' budgets
+# on 20,000 frames at 64 px but not the fingertip on this toy dataset (1000 x 8 at 48 px:
+# Transporter 10.6 -> 8.7 cm, 0.82x, 3.4 minutes; FSE 6.6 -> 16.0 cm, 5 minutes).
 TOY = {
     "keypoint2d": ["steps=1000", "batch_size=16"],
     "zhang2018": ["steps=200", "batch_size=8"],
+    "autolink": ["steps=600", "batch_size=8"],
     "selftrain": [
         "steps=300",
         "batch_size=8",
@@ -40,7 +42,7 @@ TOY = {
         "perception.kwargs.rounds=2",
     ],
 }
-SLOW = {"selftrain"}  # about a minute
+SLOW = {"selftrain", "autolink"}  # about a minute; about 3 minutes
 
 
 @pytest.fixture(scope="module")

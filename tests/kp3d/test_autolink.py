@@ -362,6 +362,30 @@ def test_diversity_term() -> None:
         small_model(diversity_weight=-1.0)
 
 
+def test_keypoint_maps_give_the_decoder_one_channel_per_keypoint() -> None:
+    model = small_model(keypoint_maps=True, init="he").eval()
+    assert model.decoder.stem[0].in_channels == 4 + 4
+    views = torch.rand(2, 3, IMAGE, IMAGE)
+    keypoints = torch.tensor([[[8.0, 8.0], [24.0, 20.0], [8.0, 24.0], [20.0, 8.0]]]).repeat(2, 1, 1)
+    swapped = keypoints[:, [1, 0, 2, 3]]
+    # Two keypoints swapped: with uniform edge weights the edge map is the same, the decoding
+    # is not, since each keypoint has its own channel (without keypoint_maps it is the same).
+    with torch.no_grad():
+        model.edge_logits.fill_(0.0)
+    torch.testing.assert_close(model.edge_map(keypoints), model.edge_map(swapped))
+    assert not torch.allclose(
+        model.reconstruct(views, keypoints), model.reconstruct(views, swapped)
+    )
+    plain = small_model(init="he").eval()
+    with torch.no_grad():
+        plain.edge_logits.fill_(0.0)
+    torch.testing.assert_close(
+        plain.reconstruct(views, keypoints), plain.reconstruct(views, swapped)
+    )
+    output = small_model(keypoint_maps=True)(torch.rand(2, 2, 3, IMAGE, IMAGE), *cameras(2))
+    output.total_loss().backward()
+
+
 def test_empty_scene_as_the_decoder_image() -> None:
     # The decoder sees the empty scene, not the view: two views with the same keypoints decode
     # alike, whatever their pixels.

@@ -41,7 +41,6 @@ of it), one resolution level fewer in the detector and the decoder
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import kornia
@@ -72,7 +71,6 @@ from kp3d.reconstruction import foreground_weights
 from kp3d.spatial import (
     EPS,
     cell_centers,
-    gaussian_maps,
     heatmap_to_image,
     soft_argmax,
     spatial_softmax,
@@ -117,6 +115,7 @@ def edge_heatmaps(
     image_size: Sequence[int],
     thickness: float,
     self_loops: bool = False,
+    pairs: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """One heatmap per pair of keypoints: a Gaussian of the distance to the segment joining them.
 
@@ -131,6 +130,8 @@ def edge_heatmaps(
         thickness: ``τ``.
         self_loops: also the ``K`` pairs ``(i, i)``: a segment of length 0, a Gaussian dot at
             ``p_i``.
+        pairs: ``(first, second)`` index tensors of the pairs to draw instead of the triangle
+            above (``(i, i)`` for every ``i``: one dot per keypoint).
 
     Returns:
         ``(N, P, H, W)`` maps in ``[0, 1]``, pairs ``(i, j)``, ``i < j`` (``i <= j`` with
@@ -140,9 +141,9 @@ def edge_heatmaps(
         raise ValueError(f"keypoints must have shape (N, K, 2); got {tuple(keypoints.shape)}")
     height, width = image_size
     count = keypoints.shape[1]
-    first, second = torch.triu_indices(
-        count, count, 0 if self_loops else 1, device=keypoints.device
-    )
+    if pairs is None:
+        pairs = torch.triu_indices(count, count, 0 if self_loops else 1, device=keypoints.device)
+    first, second = pairs
     coordinates = normalized_coordinates(keypoints, (height, width))
     u, v = cell_centers(height, width, device=keypoints.device, dtype=keypoints.dtype)
     u, v = 2.0 * u / width - 1.0, 2.0 * v / height - 1.0
@@ -337,19 +338,24 @@ class AutoLink(EmptyScene, Perception):
             no gradient towards an object a few pixels away from every edge). 0 for the paper.
         dot_weight: every keypoint is also drawn as a dot (its self-loop) of this fixed weight
             (added to the learnt one with ``self_loops``). The learnt weights of a keypoint
-            that no edge uses decay to zero, and then nothing it does reaches the loss: a dead
-            keypoint, which Reach's target needs. A fixed dot keeps every keypoint in the
-            picture, as the Gaussian maps of Transporter and Keypoint3D do. 0 for the paper.
+            that no edge uses decay to zero, and then nothing it does reaches the loss (a dead
+            keypoint); a fixed dot keeps every keypoint in the picture, as the Gaussian maps of
+            Transporter and Keypoint3D do. 0 for the paper.
         diversity_weight: weight of Thewlis et al.'s diversity loss on the heatmaps
             (:func:`~kp3d.perception.fse.diversity_loss`, in ``[0, K - 1]`` per view): the
             reconstruction is indifferent to a keypoint that repeats another one's dot, so
             nothing else sends one to a small object far from the others. 0 for the paper.
-        keypoint_maps: the decoder also sees one Gaussian per keypoint (as wide as an edge),
+        diversity_pool: ``pool`` of that loss: keypoints must be that many heatmap cells
+            (of 4 px) apart to cost nothing.
+        keypoint_maps: the decoder also sees one dot per keypoint (:func:`edge_heatmaps`),
             each in its own channel, as Keypoint3D's and Transporter's decoders do: a keypoint
             then has an identity the decoder can paint by (the target red), which the single,
             anonymous edge map does not give. False for the paper.
-        diversity_pool: ``pool`` of that loss: keypoints must be that many heatmap cells
-            (of 4 px) apart to cost nothing.
+
+    Of these options the config (``configs/pretrain/reach_autolink.yaml``) uses
+    ``decoder_image``, ``foreground_weight``, ``init``, ``self_loops`` and
+    ``foreground_prior``; ``dot_weight``, ``diversity_*`` and ``keypoint_maps`` were measured
+    for Reach's target and not adopted (docs/perception.md, issue 17).
 
     In eval mode the mask is drawn from a fixed seed, so ``forward`` is deterministic.
 
@@ -547,9 +553,11 @@ class AutoLink(EmptyScene, Perception):
             image = backgrounds * 2.0 - 1.0
         inputs = [image * self.image_scale, self.edge_map(keypoints)]
         if self.keypoint_maps:
-            # The edges' standard deviation across a segment, in pixels (edge_heatmaps).
-            std = math.sqrt(self.edge_thickness / 2.0) * self.image_size[0] / 2.0
-            inputs.append(gaussian_maps(keypoints, std, self.image_size))
+            every = torch.arange(self.num_keypoints, device=keypoints.device)
+            dots = edge_heatmaps(
+                keypoints, self.image_size, self.edge_thickness, pairs=(every, every)
+            )
+            inputs.append(dots)
         inputs = torch.cat(inputs, dim=1)
         return self.decoder(inputs) * 0.5 + 0.5
 

@@ -66,7 +66,12 @@ from kp3d.perception.perceptual import (  # re-exported: part of AutoLink's inte
     PerceptualLoss,
     vgg16_features,
 )
-from kp3d.perception.scene import EmptyScene, add_foreground_prior, foreground_magnitude
+from kp3d.perception.scene import (
+    EmptyScene,
+    add_foreground_prior,
+    foreground_coverage,
+    foreground_magnitude,
+)
 from kp3d.reconstruction import foreground_weights
 from kp3d.spatial import (
     EPS,
@@ -351,19 +356,23 @@ class AutoLink(EmptyScene, Perception):
             each in its own channel, as Keypoint3D's and Transporter's decoders do: a keypoint
             then has an identity the decoder can paint by (the target red), which the single,
             anonymous edge map does not give. False for the paper.
+        coverage_weight: weight of :func:`~kp3d.perception.scene.foreground_coverage`: the
+            foreground-weighted squared distance of every pixel to its nearest keypoint, so
+            that an object far from every keypoint pulls the nearest one to it. 0 for the paper.
 
     Of these options the config (``configs/pretrain/reach_autolink.yaml``) uses
-    ``decoder_image``, ``foreground_weight``, ``init``, ``self_loops`` and
-    ``foreground_prior``; ``dot_weight``, ``diversity_*`` and ``keypoint_maps`` were measured
-    for Reach's target and not adopted (docs/perception.md, issue 17).
+    ``decoder_image``, ``foreground_weight``, ``init``, ``self_loops``, ``foreground_prior`` and
+    ``coverage_weight`` (without which no keypoint reached Reach's target); ``dot_weight``,
+    ``diversity_*`` and ``keypoint_maps`` were measured for the target and not adopted
+    (docs/perception.md, issue 17).
 
     In eval mode the mask is drawn from a fixed seed, so ``forward`` is deterministic.
 
     Outputs (``forward``): ``features (B, 2 C K)``, the keypoints' ``(u, v)`` normalised to
     ``[-1, 1]`` across the image, camera-major; ``keypoints (B, C K, 2)`` full-image pixels;
-    ``confidence None``; ``losses {"reconstruction", "diversity"}`` (each iff its weight is
-    positive); visuals with the keypoints, the softmax heatmaps ``(B, C, K, S_h, S_w)`` and the
-    reconstructions.
+    ``confidence None``; ``losses {"reconstruction", "diversity", "coverage"}`` (each iff its
+    weight is positive); visuals with the keypoints, the softmax heatmaps
+    ``(B, C, K, S_h, S_w)`` and the reconstructions.
     """
 
     keypoint_frame = "image"
@@ -392,6 +401,7 @@ class AutoLink(EmptyScene, Perception):
         diversity_weight: float = 0.0,
         diversity_pool: int = 1,
         keypoint_maps: bool = False,
+        coverage_weight: float = 0.0,
     ) -> None:
         super().__init__(num_cameras, image_size)
         if decoder_image not in ("masked", "empty_scene"):
@@ -403,7 +413,9 @@ class AutoLink(EmptyScene, Perception):
             foreground_prior=foreground_prior,
             dot_weight=dot_weight,
             diversity_weight=diversity_weight,
+            coverage_weight=coverage_weight,
         )
+        self.coverage_weight = float(coverage_weight)
         self.dot_weight = float(dot_weight)
         self.diversity_weight = float(diversity_weight)
         check_positive_ints(diversity_pool=diversity_pool)
@@ -475,8 +487,10 @@ class AutoLink(EmptyScene, Perception):
         a row, ``images.flatten(0, 1)``) if an option reads it, else ``None``: looked up once
         per forward and shared by the prior, the decoder's image and the loss weights."""
         decoding = compute_losses and self.reconstruction_weight > 0
-        needed = self.foreground_prior > 0 or (
-            decoding and (self.foreground_weight > 0 or self.decoder_image == "empty_scene")
+        needed = (
+            self.foreground_prior > 0
+            or (compute_losses and self.coverage_weight > 0)
+            or (decoding and (self.foreground_weight > 0 or self.decoder_image == "empty_scene"))
         )
         return self.view_backgrounds(views) if needed else None
 
@@ -607,6 +621,10 @@ class AutoLink(EmptyScene, Perception):
         if compute_losses and self.diversity_weight > 0:
             diversity = diversity_loss(heatmaps, self.diversity_pool).mean()
             losses["diversity"] = self.diversity_weight * diversity
+        if compute_losses and self.coverage_weight > 0:
+            magnitude = foreground_magnitude(views, backgrounds)
+            coverage = foreground_coverage(keypoints, magnitude).mean()
+            losses["coverage"] = self.coverage_weight * coverage
         return image_keypoint_output(
             keypoints,
             heatmaps,

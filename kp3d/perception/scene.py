@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from kp3d.reconstruction import batch_background
+from kp3d.spatial import cell_centers
 
 
 def foreground_magnitude(views: torch.Tensor, backgrounds: torch.Tensor) -> torch.Tensor:
@@ -39,6 +40,36 @@ def add_foreground_prior(
     scene, so a keypoint can find a small object (Reach's 3 px target) that its loss alone
     gives no gradient towards."""
     return logits + weight * F.adaptive_max_pool2d(magnitude, logits.shape[-2:])
+
+
+def foreground_coverage(keypoints: torch.Tensor, magnitude: torch.Tensor) -> torch.Tensor:
+    """How far what differs from the empty scene lies from the nearest keypoint: the k-means
+    objective with the keypoints as centres and the foreground as the weighted points.
+
+    ``Σ_q m(q) min_k ||q - p_k||² / Σ_q m(q)`` over the pixel centres ``q``, distances measured
+    in units of half the image's side (coordinates spanning ``[-1, 1]``, so at most 8). An object
+    far from every keypoint costs its mass times the squared distance, and the gradient pulls the
+    nearest keypoint towards it: a reconstruction from coordinates (AutoLink's edge map) gives a
+    keypoint no gradient towards a small object a few pixels away from everything it draws, and
+    this does.
+
+    Args:
+        keypoints: ``(N, K, 2)`` full-image pixels ``(u, v)``.
+        magnitude: ``(N, 1, H, W)`` :func:`foreground_magnitude` (not differentiated through).
+
+    Returns:
+        ``(N,)``; 0 where a view has no foreground.
+    """
+    if keypoints.ndim != 3 or keypoints.shape[-1] != 2:
+        raise ValueError(f"keypoints must have shape (N, K, 2); got {tuple(keypoints.shape)}")
+    height, width = magnitude.shape[-2:]
+    u, v = cell_centers(height, width, device=keypoints.device, dtype=keypoints.dtype)
+    half = keypoints.new_tensor([width / 2.0, height / 2.0])
+    grid = torch.stack(torch.meshgrid(u, v, indexing="xy"), dim=-1).reshape(-1, 2) / half
+    squared = (keypoints[:, :, None, :] / half - grid).square().sum(-1)  # (N, K, H W)
+    weights = magnitude.detach().flatten(1)  # (N, H W)
+    nearest = squared.amin(dim=1)
+    return (weights * nearest).sum(1) / weights.sum(1).clamp(min=1e-8)
 
 
 class EmptyScene:
@@ -118,4 +149,4 @@ class EmptyScene:
         return self.scene_background(images).expand_as(images).flatten(0, 1)
 
 
-__all__ = ["EmptyScene", "add_foreground_prior", "foreground_magnitude"]
+__all__ = ["EmptyScene", "add_foreground_prior", "foreground_coverage", "foreground_magnitude"]

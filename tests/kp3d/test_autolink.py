@@ -26,6 +26,7 @@ from kp3d.perception.autolink import (
 )
 from kp3d.perception.coordinates import normalized_coordinates
 from kp3d.perception.fse import diversity_loss
+from kp3d.perception.scene import foreground_coverage
 
 IMAGE = 32
 
@@ -445,3 +446,56 @@ def test_foreground_prior_draws_keypoints_to_what_differs_from_the_empty_scene()
         assert error.max() < 1.0, (prior, error)
     with pytest.raises(ValueError, match="foreground_prior must be non-negative"):
         small_model(foreground_prior=-1.0)
+
+
+# -- foreground coverage ---------------------------------------------------------------------------
+
+
+def test_foreground_coverage_values_and_gradient() -> None:
+    # One foreground pixel (centre (20.5, 10.5) px) of a 32 px view, one keypoint at (4.5, 10.5):
+    # 16 px away, 1 in units of half the side.
+    magnitude = torch.zeros(2, 1, IMAGE, IMAGE)
+    magnitude[0, 0, 10, 20] = 0.5
+    keypoints = torch.tensor([[[4.5, 10.5]], [[4.5, 10.5]]], dtype=torch.float64)
+    keypoints.requires_grad_(True)
+    coverage = foreground_coverage(keypoints, magnitude.double())
+    torch.testing.assert_close(coverage, torch.tensor([1.0, 0.0], dtype=torch.float64))
+    (grad,) = torch.autograd.grad(coverage.sum(), keypoints)
+    assert grad[0, 0, 0] < 0 and grad[0, 0, 1].abs() < 1e-12  # descent moves it right, to it
+    # Two objects, two keypoints: only the nearest keypoint of each pixel pays and is pulled.
+    magnitude = torch.zeros(1, 1, IMAGE, IMAGE)
+    magnitude[0, 0, 4:7, 4:7] = 1.0  # a 3 px square centred at (5.5, 5.5)
+    magnitude[0, 0, 24:27, 24:27] = 1.0  # and one at (25.5, 25.5)
+    covered = torch.tensor([[[5.5, 5.5], [25.5, 25.5]]])
+    both_on_one = torch.tensor([[[5.5, 5.5], [6.0, 6.0]]], requires_grad=True)
+    assert foreground_coverage(covered, magnitude) < 0.01
+    lost = foreground_coverage(both_on_one, magnitude)
+    assert lost > 0.5  # half the mass 20 px ≈ 1.25 units away, squared
+    (grad,) = torch.autograd.grad(lost.sum(), both_on_one)
+    assert (grad[0, 1] < 0).all()  # the nearer one goes to the far square
+    assert foreground_coverage(covered, torch.zeros(1, 1, IMAGE, IMAGE)).item() == 0.0
+    with pytest.raises(ValueError, match=r"keypoints must have shape \(N, K, 2\)"):
+        foreground_coverage(torch.zeros(1, 2), magnitude)
+
+
+def test_coverage_term_sends_a_keypoint_to_a_lone_object() -> None:
+    """Trained on the coverage term alone, the keypoints of a view with a large body and a small
+    square far from it cover both."""
+    images = torch.zeros(1, 1, 3, IMAGE, IMAGE)
+    images[..., 16:28, 2:14] = 1.0  # a 12 px body
+    images[..., 3:6, 25:28] = 1.0  # a 3 px square centred at (26.5, 4.5)
+    model = small_model(num_cameras=1, coverage_weight=1.0, reconstruction_weight=0.0, init="he")
+    model.set_background(torch.zeros(1, 3, IMAGE, IMAGE))
+    output = model(images, *cameras(1))
+    assert set(output.losses) == {"coverage"}
+    optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(150):
+        optimiser.zero_grad()
+        model(images, *cameras(1)).total_loss().backward()
+        optimiser.step()
+    keypoints = model.eval()(images, *cameras(1), compute_losses=False).keypoints[0]
+    distance = (keypoints - torch.tensor([26.5, 4.5])).norm(dim=-1)
+    assert distance.min() < 2.0, keypoints
+    assert "coverage" not in model(images, *cameras(1), compute_losses=False).losses
+    with pytest.raises(ValueError, match="coverage_weight"):
+        small_model(coverage_weight=-1.0)

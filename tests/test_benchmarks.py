@@ -59,7 +59,8 @@ def test_landmark_configs_follow_the_dataset_task() -> None:
     landmarks = load("landmarks")
     assert landmarks.task_of("kp3d/Push-v0") == "push"
     assert landmarks.config_for("hourglass", "push").name == "push_hourglass.yaml"
-    assert landmarks.config_for("fse", "push").name == "reach_fse.yaml"  # Reach's where none
+    assert landmarks.config_for("fse", "push").name == "push_fse.yaml"
+    assert landmarks.config_for("autolink", "push").name == "reach_autolink.yaml"  # none: Reach's
     with pytest.raises(SystemExit, match=r"methods with a config: .*keypoint2d"):
         landmarks.config_for("nonexistent", "reach")
 

@@ -59,7 +59,12 @@ from kp3d.perception.equivariance import (
 )
 from kp3d.perception.image_keypoints import image_keypoint_output
 from kp3d.perception.layers import ConvLayer, ConvStack, initialise_convs
-from kp3d.perception.scene import EmptyScene, add_foreground_prior, foreground_magnitude
+from kp3d.perception.scene import (
+    EmptyScene,
+    add_foreground_prior,
+    foreground_coverage,
+    foreground_magnitude,
+)
 from kp3d.spatial import heatmap_to_image, soft_argmax, spatial_softmax
 
 
@@ -120,9 +125,13 @@ class FactorizedSpatialEmbeddings(EmptyScene, Perception):
         diversity_pool: ``pool`` of :func:`diversity_loss`: with 2 or more, two landmarks
             must be that many cells apart to cost nothing, so that they spread over the
             moving bodies instead of lining up a cell apart on one of them. 1 for the paper.
+        coverage_weight: weight of :func:`~kp3d.perception.scene.foreground_coverage` on the
+            landmarks of the undeformed views: the foreground-weighted squared distance of
+            every pixel to its nearest landmark, so that an object far from every landmark
+            (Push's pusher) pulls the nearest one to it. 0 for the paper.
 
     A loss term appears in ``PerceptionOutput.losses`` (already weighted) iff its weight is
-    positive: ``equivariance``, ``diversity``.
+    positive: ``equivariance``, ``diversity``, ``coverage``.
     """
 
     keypoint_frame = "image"
@@ -142,6 +151,7 @@ class FactorizedSpatialEmbeddings(EmptyScene, Perception):
         init: str = "default",
         foreground_prior: float = 0.0,
         diversity_pool: int = 1,
+        coverage_weight: float = 0.0,
     ) -> None:
         super().__init__(num_cameras, image_size)
         if detector_input not in ("image", "foreground"):
@@ -162,8 +172,10 @@ class FactorizedSpatialEmbeddings(EmptyScene, Perception):
             equivariance_weight=equivariance_weight,
             diversity_weight=diversity_weight,
             foreground_prior=foreground_prior,
+            coverage_weight=coverage_weight,
         )
         check_positive_ints(diversity_pool=diversity_pool)
+        self.coverage_weight = float(coverage_weight)
         self.foreground_prior = float(foreground_prior)
         self.diversity_pool = diversity_pool
         self.num_keypoints = num_keypoints
@@ -276,6 +288,14 @@ class FactorizedSpatialEmbeddings(EmptyScene, Perception):
         views = self.detector_inputs(images)
         heatmaps, pixels = self.locate(views)
         losses = self.auxiliary_losses(views) if compute_losses else {}
+        if compute_losses and self.coverage_weight > 0:
+            if self.foreground_prior > 0:
+                magnitude = views[:, 3:]
+            else:
+                background = self.scene_background(images).expand_as(images)
+                magnitude = foreground_magnitude(images.flatten(0, 1), background.flatten(0, 1))
+            coverage = foreground_coverage(pixels, magnitude).mean()
+            losses["coverage"] = self.coverage_weight * coverage
         return image_keypoint_output(pixels, heatmaps, self.num_cameras, self.image_size, losses)
 
 

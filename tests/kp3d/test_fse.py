@@ -19,6 +19,7 @@ from kp3d.perception import (
 )
 from kp3d.perception.coordinates import normalized_coordinates
 from kp3d.perception.fse import diversity_loss
+from kp3d.perception.scene import foreground_coverage
 from kp3d.spatial import gaussian_maps
 
 IMAGE = 32
@@ -198,3 +199,26 @@ def test_foreground_prior_draws_landmarks_to_what_differs_from_the_empty_scene()
     assert losses["equivariance"] < 0.05 * constant["equivariance"]
     with pytest.raises(ValueError, match="foreground_prior must be non-negative"):
         small_model(foreground_prior=-1.0)
+
+
+def test_coverage_term_on_the_undeformed_views_landmarks() -> None:
+    """The coverage term is :func:`foreground_coverage` of the forward's landmarks against the
+    difference from the empty scene, with the prior's magnitude channel or without the prior;
+    it reaches the detector."""
+    images = torch.full((2, 1, 3, IMAGE, IMAGE), 0.5)
+    images[0, 0, :, 2:5, 3:6] = 1.0
+    images[1, 0, :, 10:14, 20:24] = 0.0
+    background = torch.full((1, 3, IMAGE, IMAGE), 0.5)
+    magnitude = (images[:, 0] - background).abs().amax(1, keepdim=True)
+    for prior in (0.0, 5.0):
+        model = small_model(1, coverage_weight=2.0, foreground_prior=prior, init="he").eval()
+        model.set_background(background)
+        output = model(images, *cameras(1))
+        assert set(output.losses) == {"equivariance", "diversity", "coverage"}
+        expected = 2.0 * foreground_coverage(output.keypoints, magnitude).mean()
+        torch.testing.assert_close(output.losses["coverage"], expected)
+        model.train()(images, *cameras(1)).losses["coverage"].backward()
+        assert model.head.weight.grad.abs().sum() > 0
+        assert "coverage" not in model(images, *cameras(1), compute_losses=False).losses
+    with pytest.raises(ValueError, match="coverage_weight must be non-negative"):
+        small_model(coverage_weight=-1.0)

@@ -423,14 +423,15 @@ class AutoLink(EmptyScene, Perception):
         return self.view_backgrounds(views) if needed else None
 
     def detect(
-        self, views: torch.Tensor, backgrounds: torch.Tensor | None = None
+        self, views: torch.Tensor, magnitude: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Heatmaps and keypoints of views.
 
         Args:
             views: ``(N, 3, H, W)`` in ``[0, 1]``; with ``foreground_prior`` the ``C`` views
                 of each sample in a row (``images.flatten(0, 1)``).
-            backgrounds: their empty scene (:meth:`backgrounds_for`); looked up if ``None``.
+            magnitude: ``(N, 1, H, W)`` their :func:`foreground_magnitude` for the prior;
+                computed from their empty scene if ``None``.
 
         Returns:
             ``heatmaps (N, K, S_h, S_w)`` (each sums to 1) and ``keypoints (N, K, 2)`` in
@@ -438,9 +439,8 @@ class AutoLink(EmptyScene, Perception):
         """
         logits = self.detector(views * 2.0 - 1.0)
         if self.foreground_prior > 0:
-            if backgrounds is None:
-                backgrounds = self.view_backgrounds(views)
-            magnitude = foreground_magnitude(views, backgrounds)
+            if magnitude is None:
+                magnitude = foreground_magnitude(views, self.view_backgrounds(views))
             logits = add_foreground_prior(logits, magnitude, self.foreground_prior)
         heatmaps = spatial_softmax(logits)
         keypoints = heatmap_to_image(soft_argmax(heatmaps), self.heatmap_size, self.image_size)
@@ -538,7 +538,11 @@ class AutoLink(EmptyScene, Perception):
         self.check_inputs(images, intrinsics, extrinsics)
         views = images.flatten(0, 1)
         backgrounds = self.backgrounds_for(views, compute_losses)
-        heatmaps, keypoints = self.detect(views, backgrounds)
+        covering = compute_losses and self.coverage_weight > 0
+        magnitude = None
+        if self.foreground_prior > 0 or covering:  # one difference map for both
+            magnitude = foreground_magnitude(views, backgrounds)
+        heatmaps, keypoints = self.detect(views, magnitude)
         losses: dict[str, torch.Tensor] = {}
         reconstructions = None
         if compute_losses and self.reconstruction_weight > 0:
@@ -549,8 +553,7 @@ class AutoLink(EmptyScene, Perception):
         if compute_losses and self.diversity_weight > 0:
             diversity = diversity_loss(heatmaps, self.diversity_pool).mean()
             losses["diversity"] = self.diversity_weight * diversity
-        if compute_losses and self.coverage_weight > 0:
-            magnitude = foreground_magnitude(views, backgrounds)
+        if covering:
             coverage = foreground_coverage(keypoints, magnitude).mean()
             losses["coverage"] = self.coverage_weight * coverage
         return image_keypoint_output(

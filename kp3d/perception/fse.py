@@ -219,9 +219,19 @@ class FactorizedSpatialEmbeddings(EmptyScene, Perception):
         inputs = images * 2.0 - 1.0 if self.detector_input == "image" else images - background
         inputs = inputs.flatten(0, 1)
         if self.foreground_prior > 0:
-            magnitude = foreground_magnitude(images.flatten(0, 1), background.flatten(0, 1))
-            inputs = torch.cat([inputs, magnitude], dim=1)
+            inputs = torch.cat([inputs, self.foreground(images, background)], dim=1)
         return inputs
+
+    def foreground(
+        self, images: torch.Tensor, background: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``(B C, 1, H, W)`` :func:`foreground_magnitude` of ``images (B, C, 3, H, W)``
+        against their empty scene (``background``, looked up if ``None``), cameras folded into
+        the batch."""
+        if background is None:
+            background = self.scene_background(images)
+        background = background.expand_as(images)
+        return foreground_magnitude(images.flatten(0, 1), background.flatten(0, 1))
 
     def detect(self, inputs: torch.Tensor) -> torch.Tensor:
         """Heatmap logits of single views.
@@ -289,11 +299,8 @@ class FactorizedSpatialEmbeddings(EmptyScene, Perception):
         heatmaps, pixels = self.locate(views)
         losses = self.auxiliary_losses(views) if compute_losses else {}
         if compute_losses and self.coverage_weight > 0:
-            if self.foreground_prior > 0:
-                magnitude = views[:, 3:]
-            else:
-                background = self.scene_background(images).expand_as(images)
-                magnitude = foreground_magnitude(images.flatten(0, 1), background.flatten(0, 1))
+            # The prior's channel, or the same map computed here.
+            magnitude = views[:, 3:] if self.foreground_prior > 0 else self.foreground(images)
             coverage = foreground_coverage(pixels, magnitude).mean()
             losses["coverage"] = self.coverage_weight * coverage
         return image_keypoint_output(pixels, heatmaps, self.num_cameras, self.image_size, losses)

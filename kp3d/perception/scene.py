@@ -21,8 +21,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from kp3d.perception.coordinates import cell_grid, normalized_coordinates
 from kp3d.reconstruction import batch_background
-from kp3d.spatial import cell_centers
 
 
 def foreground_magnitude(views: torch.Tensor, backgrounds: torch.Tensor) -> torch.Tensor:
@@ -62,11 +62,10 @@ def foreground_coverage(keypoints: torch.Tensor, magnitude: torch.Tensor) -> tor
     """
     if keypoints.ndim != 3 or keypoints.shape[-1] != 2:
         raise ValueError(f"keypoints must have shape (N, K, 2); got {tuple(keypoints.shape)}")
-    height, width = magnitude.shape[-2:]
-    u, v = cell_centers(height, width, device=keypoints.device, dtype=keypoints.dtype)
-    half = keypoints.new_tensor([width / 2.0, height / 2.0])
-    grid = torch.stack(torch.meshgrid(u, v, indexing="xy"), dim=-1).reshape(-1, 2) / half
-    squared = (keypoints[:, :, None, :] / half - grid).square().sum(-1)  # (N, K, H W)
+    size = tuple(magnitude.shape[-2:])
+    grid = cell_grid(*size, device=keypoints.device, dtype=keypoints.dtype).reshape(-1, 2)
+    points = normalized_coordinates(keypoints, size)[:, :, None, :]  # (N, K, 1, 2)
+    squared = (points - normalized_coordinates(grid, size)).square().sum(-1)  # (N, K, H W)
     weights = magnitude.detach().flatten(1)  # (N, H W)
     nearest = squared.amin(dim=1)
     return (weights * nearest).sum(1) / weights.sum(1).clamp(min=1e-8)
